@@ -1,0 +1,162 @@
+"""The ``domainssl`` command line: parses options, builds a config, calls one function."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from domainssl.config import RunConfig, build_config, load_config, parse_set, read_yaml, set_dotted
+from domainssl.errors import DomainSSLError
+
+app = typer.Typer(
+    help="Domain-adapted self-supervised learning for EO, pathology and RGB-IR re-ID.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+F = TypeVar("F", bound=Callable[..., Any])
+
+RUN_FILES = {
+    "config.yaml": "resolved run config",
+    "environment.json": "package versions and git commit",
+    "band_stats.json": "per-band mean/std used for normalization",
+    "metrics.csv": "loss, learning rate and embedding std per step/epoch",
+    "checkpoints/last.ckpt": "full training state (for --resume)",
+    "backbone.safetensors": "pretrained backbone weights",
+    "backbone.json": "backbone metadata: timm name, bands, mean/std, method",
+}
+
+
+def user_errors(command: F) -> F:
+    """Print a user's mistake as one clear message and exit with code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except DomainSSLError as err:
+            typer.secho(f"Error: {err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_devices(devices: str | None) -> int | str | None:
+    """``"2"`` -> 2; ``"auto"`` and ``"0,1"`` stay strings."""
+    return int(devices) if devices is not None and devices.isdigit() else devices
+
+
+Domain = Annotated[str, typer.Option(help="Domain: eo.")]
+Method = Annotated[str | None, typer.Option(help="simclr, moco, byol or simsiam.")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML run config to use.")]
+Data = Annotated[str | None, typer.Option(help="Folder of chips or GeoTIFF scene(s).")]
+Sets = Annotated[
+    list[str] | None, typer.Option("--set", help="Override any key: section.key=value.")
+]
+
+
+@app.command()
+@user_errors
+def pretrain(
+    domain: Domain = "eo",
+    method: Method = None,
+    config: ConfigFile = None,
+    data: Data = None,
+    backbone: Annotated[str | None, typer.Option(help="timm model name.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size per device.")] = None,
+    max_time: Annotated[
+        str | None, typer.Option(help="Wall-clock budget HH:MM:SS; the LR schedule spans it.")
+    ] = None,
+    devices: Annotated[str | None, typer.Option(help="Devices: 1, 4, auto or 0,1.")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Nodes (torchrun / SLURM).")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="cpu, gpu or auto.")] = None,
+    precision: Annotated[str | None, typer.Option(help="32-true, bf16-mixed, 16-mixed.")] = None,
+    out: Annotated[str | None, typer.Option(help="Parent folder of run folders.")] = None,
+    name: Annotated[str | None, typer.Option(help="Run folder name.")] = None,
+    set_: Sets = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Run folder to continue from its last checkpoint.")
+    ] = None,
+) -> None:
+    """Pretrain an encoder with self-supervised learning and export its backbone."""
+    from domainssl.pretrain import pretrain as run_pretraining
+
+    overrides = {
+        "data.path": data,
+        "model.backbone": backbone,
+        "trainer.epochs": epochs,
+        "data.batch_size": batch_size,
+        "trainer.max_time": max_time,
+        "trainer.devices": parse_devices(devices),
+        "trainer.num_nodes": num_nodes,
+        "trainer.accelerator": accelerator,
+        "trainer.precision": precision,
+        "out": out,
+        "name": name,
+    }
+    if resume is not None:
+        run_config = resumed_config(resume, overrides, set_ or [])
+    else:
+        run_config = load_config(domain, method, config, overrides, set_)
+    run_dir = run_pretraining(run_config, resume=resume)
+    describe_run(run_dir)
+
+
+def resumed_config(run_dir: Path, overrides: dict[str, Any], sets: list[str]) -> RunConfig:
+    """A run's saved config with the CLI's overrides on top (e.g. more epochs)."""
+    tree = read_yaml(run_dir / "config.yaml")
+    for key, value in overrides.items():
+        if value is not None:
+            set_dotted(tree, key, value)
+    for item in sets:
+        set_dotted(tree, *parse_set(item))
+    return build_config(tree, str(run_dir / "config.yaml"))
+
+
+def describe_run(run_dir: Path) -> None:
+    """Print where the run folder is and what it holds."""
+    typer.secho(f"\nRun folder: {run_dir.resolve()}", fg=typer.colors.GREEN, bold=True)
+    for relative, meaning in RUN_FILES.items():
+        path = run_dir / relative
+        if path.exists():
+            typer.echo(f"  {relative:<24} {path.stat().st_size / 1e6:8.2f} MB  {meaning}")
+
+
+@app.command()
+@user_errors
+def views(
+    domain: Domain = "eo",
+    method: Method = None,
+    config: ConfigFile = None,
+    data: Data = None,
+    set_: Sets = None,
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("views.png"),
+    samples: Annotated[int, typer.Option(help="Rows: samples shown.")] = 8,
+    count: Annotated[int, typer.Option(help="Columns: views per sample.")] = 6,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Render original samples next to random views, to see what training ignores."""
+    import torch
+
+    from domainssl.data.datamodule import prepare_pretrain_data
+    from domainssl.views.presets import build_views
+    from domainssl.views.render import save_view_grid
+
+    run_config = load_config(domain, method, config, {"data.path": data}, set_)
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = prepare_pretrain_data(run_config.data, domain, Path(tmp) / "stats.json", seed)
+    picks = torch.randperm(len(prepared.dataset))[:samples].tolist()  # type: ignore[arg-type]
+    raw = torch.stack([prepared.dataset[i]["image"] for i in picks]).float()
+    mean = torch.tensor(prepared.stats.mean).view(1, -1, 1, 1)
+    std = torch.tensor(prepared.stats.std).view(1, -1, 1, 1)
+    images = (raw - mean) / std
+    pipeline = build_views(run_config.views)
+    augmented = [pipeline(images) for _ in range(count)]
+    save_view_grid(images, augmented, prepared.band_names, out)
+    typer.echo(f"Wrote {out}: {len(picks)} samples (rows), original + {count} views each.")

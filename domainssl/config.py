@@ -1,0 +1,273 @@
+"""Typed run configuration: YAML file + CLI overrides, unknown keys rejected.
+
+A run config has six sections (data, views, model, method, optimizer, trainer) and a few
+top-level keys. Files live in ``configs/<domain>/<method>.yaml``; ``--set section.key=value``
+overrides any key, its value parsed as YAML (``--set views.crop_scale=[0.3,1.0]``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from domainssl.errors import DomainSSLError
+from domainssl.paths import CONFIGS_DIR
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the images come from and how they are batched."""
+
+    path: str | None = None
+    """Folder of chips, a GeoTIFF scene, or a folder of scenes; None = embedded demo."""
+    kind: Literal["auto", "chips", "scenes"] = "auto"
+    """``chips``: one sample per file; ``scenes``: random windows from large rasters."""
+    bands: list[str] | None = None
+    """Band names; by default read from the file (descriptions) or ``B1..Bn``."""
+    in_chans: int | None = None
+    """Expected band count; a file with another count is an error. None = take the data's."""
+    sample_size: int = 64
+    """Side (px) of the sample given to the views: chips are resized to it, windows read at it."""
+    windows_per_epoch: int = 2048
+    """Scenes only: random windows drawn per epoch."""
+    max_nodata_fraction: float = 0.5
+    """Scenes only: windows with more nodata than this are rejected and redrawn."""
+    stats_samples: int = 2048
+    """Samples used for the streaming per-band mean/std."""
+    cache_in_memory_gb: float = 4.0
+    """Chips are decoded once into RAM when they fit in this many GB (else read per step)."""
+    batch_size: int = 256
+    num_workers: int = 2
+
+
+class ViewsConfig(_Section):
+    """Batch-level augmentation (the views the model learns to be invariant to)."""
+
+    preset: Literal["eo"] = "eo"
+    crop_size: int = 48
+    """Output side (px) of each view."""
+    crop_scale: tuple[float, float] = (0.25, 1.0)
+    """Area fraction range of the random resized crop."""
+    crop_ratio: tuple[float, float] = (0.75, 1.333)
+    flip_p: float = 0.5
+    rot90: bool = True
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    """Per-band additive shift, in units of that band's std."""
+    contrast: float = 0.4
+    """Per-band multiplicative factor range 1 ± contrast."""
+    band_dropout_p: float = 0.0
+    """Probability that each band is zeroed (at least one band is kept)."""
+    blur_p: float = 0.3
+    blur_sigma: tuple[float, float] = (0.1, 1.0)
+    noise_std: float = 0.05
+
+
+class ModelConfig(_Section):
+    """Backbone from timm by name; ``in_chans`` always equals the band count."""
+
+    backbone: str = "resnet18"
+    init: str | None = None
+    """Checkpoint (.safetensors or weights-only .pth/.ckpt) to start from."""
+    adapt_in_chans: Literal["error", "mean_repeat"] = "error"
+    """What to do when ``init`` has another band count than the data."""
+    small_input: bool = True
+    """Drop the stem's max-pool (keeps resolution for small chips, as CIFAR-style ResNets do)."""
+
+
+class MethodConfig(_Section):
+    """SSL method and its heads; keys a method does not use are ignored by it."""
+
+    name: Literal["simclr", "moco", "byol", "simsiam"] = "simclr"
+    proj_hidden_dim: int = 1024
+    proj_dim: int = 128
+    pred_hidden_dim: int = 512
+    """BYOL / SimSiam predictor width."""
+    temperature: float = 0.2
+    """SimCLR / MoCo softmax temperature."""
+    queue_size: int = 4096
+    """MoCo: negatives kept from earlier batches."""
+    momentum: float = 0.99
+    """MoCo / BYOL: EMA momentum of the target (BYOL raises it to 1 on a cosine schedule)."""
+
+
+class OptimizerConfig(_Section):
+    name: Literal["sgd", "lars", "adamw"] = "lars"
+    lr: float = 1.2
+    """Peak learning rate (reached after warmup)."""
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    warmup_fraction: float = 0.05
+    """Share of the run (steps or time budget) spent in linear warmup."""
+
+
+class TrainerConfig(_Section):
+    epochs: int = 30
+    max_time: str | None = None
+    """Wall-clock budget ``HH:MM:SS`` (or ``DD:HH:MM:SS``): the LR schedule spans it."""
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    precision: str = "32-true"
+    strategy: str = "auto"
+    sync_batchnorm: bool = False
+    seed: int = 0
+    log_every_n_steps: int = 10
+    collapse_threshold: float = 0.1
+    """Warn when the embedding std falls below this share of its healthy value 1/sqrt(dim)."""
+
+    @field_validator("max_time")
+    @classmethod
+    def _check_time(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @property
+    def max_time_s(self) -> float | None:
+        return None if self.max_time is None else parse_duration(self.max_time)
+
+
+class RunConfig(_Section):
+    """A whole pretraining run."""
+
+    domain: Literal["eo"] = "eo"
+    out: str = "runs"
+    """Parent folder of run folders."""
+    name: str | None = None
+    """Run folder name; default ``<domain>-<method>-<timestamp>``."""
+    data: DataConfig = DataConfig()
+    views: ViewsConfig = ViewsConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = MethodConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``HH:MM:SS`` or ``DD:HH:MM:SS``."""
+    parts = text.split(":")
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (3, 4) or any(n < 0 for n in numbers):
+        raise ValueError(f"max_time {text!r} is not HH:MM:SS (e.g. 00:20:00)")
+    weights = [86400, 3600, 60, 1][-len(numbers) :]
+    return sum(w * n for w, n in zip(weights, numbers, strict=True))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Safe-load a YAML mapping; object tags and syntax errors become clear errors."""
+    if not path.is_file():
+        raise DomainSSLError(f"Config file {path} not found: give an existing YAML file.")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise DomainSSLError(
+            f"Config file {path} is not valid YAML (only plain YAML, no object tags): {err}"
+        ) from err
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise DomainSSLError(f"Config file {path} must hold a mapping of sections, not a list.")
+    return content
+
+
+def config_path(domain: str, method: str) -> Path:
+    """The shipped config for a domain and method, with the choices when it does not exist."""
+    path = CONFIGS_DIR / domain / f"{method}.yaml"
+    if not path.is_file():
+        known = sorted(f"{p.parent.name}/{p.stem}" for p in CONFIGS_DIR.glob("*/*.yaml"))
+        raise DomainSSLError(
+            f"No config for domain {domain!r} and method {method!r} ({path}). "
+            f"Shipped configs: {', '.join(known) or 'none'}; or pass --config FILE."
+        )
+    return path
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree[a][b] = value`` for ``dotted = "a.b"``, creating sections as needed."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise DomainSSLError(f"Cannot set {dotted}: {key} is a value, not a section.")
+        node = child
+    node[leaf] = value
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """Split ``section.key=value``; the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in item:
+        raise DomainSSLError(f"--set {item!r} must look like section.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as err:
+        raise DomainSSLError(f"--set {item!r}: the value is not valid YAML ({err})") from err
+    return key.strip(), value
+
+
+def build_config(tree: dict[str, Any], source: str) -> RunConfig:
+    """Validate a config tree; every problem is reported with its key and the valid keys."""
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise DomainSSLError(_explain(err, source)) from None
+
+
+def load_config(
+    domain: str = "eo",
+    method: str | None = None,
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> RunConfig:
+    """Build the run config: file, then CLI overrides (dotted keys), then ``--set`` items."""
+    path = config_file or config_path(domain, method or "simclr")
+    tree = read_yaml(path)
+    tree.setdefault("domain", domain)
+    if method is not None:
+        set_dotted(tree, "method.name", method)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(tree, key, value)
+    for item in sets or []:
+        set_dotted(tree, *parse_set(item))
+    return build_config(tree, str(path))
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    lines = [f"Invalid config ({source}):"]
+    for problem in err.errors():
+        loc = [str(part) for part in problem["loc"]]
+        where = ".".join(loc)
+        if problem["type"] == "extra_forbidden":
+            valid = ", ".join(_valid_keys(loc[:-1]))
+            lines.append(f"  unknown key '{where}'. Valid keys here: {valid}")
+        else:
+            lines.append(f"  {where}: {problem['msg']} (got {problem.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _valid_keys(section_path: list[str]) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for key in section_path:
+        annotation = model.model_fields[key].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return list(model.model_fields)
+
+
+def to_yaml(config: RunConfig) -> str:
+    """The resolved config as YAML (what the run folder stores)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,112 @@
+"""From the data config to a dataset, its band metadata and a training DataLoader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from domainssl.config import DataConfig
+from domainssl.data.eo import SceneWindows, list_scenes
+from domainssl.data.folder import ChipFolder, InMemoryChips
+from domainssl.data.stats import BandStats, compute_band_stats
+from domainssl.errors import DomainSSLError
+from domainssl.paths import DATASETS_DIR, REPO_ROOT, repo_resource
+
+DEMO_DATA = {"eo": DATASETS_DIR / "eurosat_demo"}
+
+
+@dataclass
+class PretrainData:
+    """The training dataset and what travels with it into the export."""
+
+    dataset: Dataset
+    band_names: list[str]
+    stats: BandStats
+    source: str
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.band_names)
+
+
+def resolve_data_path(config: DataConfig, domain: str) -> Path:
+    """``data.path`` or the embedded demo of the domain.
+
+    A relative path that does not exist from the current folder is looked up from the
+    repository root, where the shipped configs point (``datasets/...``).
+    """
+    if config.path is None:
+        return repo_resource(DEMO_DATA[domain])
+    path = Path(config.path).expanduser()
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        return REPO_ROOT / path
+    return path
+
+
+def detect_kind(path: Path, kind: str) -> str:
+    """A single GeoTIFF file is a scene; a folder holds chips unless ``data.kind=scenes``."""
+    if kind != "auto":
+        return kind
+    if path.is_file():
+        return "scenes"
+    return "chips"
+
+
+def build_dataset(config: DataConfig, path: Path) -> tuple[Dataset, list[str]]:
+    """Dataset and band names for a chip folder or a set of scenes."""
+    if detect_kind(path, config.kind) == "scenes":
+        scenes = SceneWindows(
+            list_scenes(path),
+            size=config.sample_size,
+            length=config.windows_per_epoch,
+            max_nodata_fraction=config.max_nodata_fraction,
+            in_chans=config.in_chans,
+        )
+        return scenes, config.bands or scenes.band_names
+    chips = ChipFolder(path, size=config.sample_size, in_chans=config.in_chans)
+    names = config.bands or chips.band_names
+    bytes_per_chip = chips.in_chans * config.sample_size**2 * 4
+    if len(chips) * bytes_per_chip <= config.cache_in_memory_gb * 1e9:
+        return InMemoryChips(chips, num_workers=config.num_workers), names
+    return chips, names
+
+
+def prepare_pretrain_data(
+    config: DataConfig, domain: str, stats_file: Path, seed: int = 0
+) -> PretrainData:
+    """Build the dataset and load (or compute and cache) its per-band stats."""
+    path = resolve_data_path(config, domain)
+    dataset, band_names = build_dataset(config, path)
+    if len(band_names) != _channels(dataset):
+        raise DomainSSLError(
+            f"data.bands names {len(band_names)} bands but {path} has {_channels(dataset)}."
+        )
+    if stats_file.is_file() and BandStats.load(stats_file).source == str(path):
+        stats = BandStats.load(stats_file)
+    else:
+        stats = compute_band_stats(dataset, config.stats_samples, str(path), seed=seed)
+        stats.save(stats_file)
+    return PretrainData(dataset, band_names, stats, str(path))
+
+
+def _channels(dataset: Dataset) -> int:
+    first = dataset[0]["image"]
+    assert isinstance(first, torch.Tensor)
+    return int(first.shape[0])
+
+
+def train_loader(data: PretrainData, config: DataConfig) -> DataLoader:
+    """Shuffled, drop-last batches; in-memory chips need no worker processes."""
+    in_memory = isinstance(data.dataset, InMemoryChips)
+    workers = 0 if in_memory else config.num_workers
+    return DataLoader(
+        data.dataset,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=len(data.dataset) > config.batch_size,  # type: ignore[arg-type]
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )

@@ -1,0 +1,133 @@
+"""Large GeoTIFF scenes sampled as random windows (never read whole)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+from torch.utils.data import Dataset
+
+from domainssl.data.folder import Sample, to_tensor
+from domainssl.data.imageio import TIFF_SUFFIXES, band_names_of
+from domainssl.errors import DomainSSLError
+
+MAX_DRAWS = 50
+
+
+def list_scenes(path: Path) -> list[Path]:
+    """A single GeoTIFF, or every GeoTIFF directly inside a folder."""
+    if not path.exists():
+        raise DomainSSLError(f"Data path {path} does not exist: check --data.")
+    if path.is_file():
+        return [path]
+    scenes = sorted(p for p in path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
+    if not scenes:
+        raise DomainSSLError(f"Folder {path} holds no GeoTIFF scenes (.tif/.tiff).")
+    return scenes
+
+
+def _open(path: Path) -> rasterio.DatasetReader:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as err:
+        raise DomainSSLError(
+            f"{path}: cannot open this raster ({err}); it is corrupt or not a GeoTIFF."
+        ) from None
+
+
+class SceneWindows(Dataset[Sample]):
+    """Random ``size`` x ``size`` windows from one or more scenes, weighted by scene area.
+
+    Each worker process keeps its own open handles. Windows whose nodata (or NaN) share
+    exceeds ``max_nodata_fraction`` are rejected and redrawn.
+
+    Args:
+        scenes: GeoTIFF paths, all with the same band count.
+        size: window side in pixels.
+        length: windows per epoch.
+        max_nodata_fraction: rejection threshold.
+        in_chans: expected band count (None: that of the first scene).
+    """
+
+    def __init__(
+        self,
+        scenes: list[Path],
+        size: int,
+        length: int,
+        max_nodata_fraction: float = 0.5,
+        in_chans: int | None = None,
+    ) -> None:
+        self.scenes, self.size, self.length = scenes, size, length
+        self.max_nodata_fraction = max_nodata_fraction
+        shapes, nodata = [], []
+        for path in scenes:
+            with _open(path) as src:
+                if src.width < size or src.height < size:
+                    raise DomainSSLError(
+                        f"{path} is {src.width}x{src.height} px, smaller than the window "
+                        f"data.sample_size={size}: lower data.sample_size."
+                    )
+                shapes.append((src.count, src.height, src.width))
+                nodata.append(src.nodata)
+                names = band_names_of(src.descriptions)
+        counts = {c for c, _, _ in shapes}
+        if len(counts) > 1:
+            raise DomainSSLError(
+                f"Scenes in {scenes[0].parent} have different band counts {counts}."
+            )
+        self.in_chans = shapes[0][0]
+        if in_chans is not None and in_chans != self.in_chans:
+            raise DomainSSLError(
+                f"{scenes[0]} has {self.in_chans} bands but the config expects "
+                f"data.in_chans={in_chans}: use data of that band count or set data.in_chans."
+            )
+        self.band_names = names
+        self.nodata = nodata
+        self.extents = [(h - size + 1, w - size + 1) for _, h, w in shapes]
+        areas = torch.tensor([float(h * w) for h, w in self.extents])
+        self.weights = areas / areas.sum()
+        self._handles: dict[int, rasterio.DatasetReader] = {}
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _handle(self, index: int) -> rasterio.DatasetReader:
+        if self._pid != os.getpid():  # a forked worker must not reuse the parent's handles
+            self._handles, self._pid = {}, os.getpid()
+        if index not in self._handles:
+            self._handles[index] = _open(self.scenes[index])
+        return self._handles[index]
+
+    def __getitem__(self, index: int) -> Sample:
+        for _ in range(MAX_DRAWS):
+            scene = int(torch.multinomial(self.weights, 1))
+            rows, cols = self.extents[scene]
+            top, left = int(torch.randint(rows, ())), int(torch.randint(cols, ()))
+            window = Window(left, top, self.size, self.size)
+            array = self._handle(scene).read(window=window)
+            if self.nodata_fraction(array, self.nodata[scene]) <= self.max_nodata_fraction:
+                return {"image": to_tensor(array), "label": -1}
+        raise DomainSSLError(
+            f"{MAX_DRAWS} random windows in a row had more than "
+            f"{self.max_nodata_fraction:.0%} nodata ({', '.join(map(str, self.scenes))}): "
+            "the scenes are mostly empty; raise data.max_nodata_fraction or crop them."
+        )
+
+    @staticmethod
+    def nodata_fraction(array: np.ndarray, nodata: float | None) -> float:
+        """Share of pixels where every band is nodata, or any band is NaN/inf."""
+        invalid = np.zeros(array.shape[1:], dtype=bool)
+        if nodata is not None:
+            invalid |= (array == nodata).all(axis=0)
+        if array.dtype.kind == "f":
+            invalid |= ~np.isfinite(array).all(axis=0)
+        return float(invalid.mean())

@@ -1,0 +1,56 @@
+"""Export a trained backbone (safetensors) with the metadata transfer and infer need."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from domainssl.errors import DomainSSLError
+from domainssl.io import atomic_write, atomic_write_text
+from domainssl.models.backbones import create_backbone
+
+WEIGHTS, METADATA = "backbone.safetensors", "backbone.json"
+
+
+@dataclass
+class BackboneMeta:
+    """What a backbone expects: architecture, bands and their normalization."""
+
+    timm_name: str
+    small_input: bool
+    in_chans: int
+    band_names: list[str]
+    mean: list[float]
+    std: list[float]
+    feature_dim: int
+    input_size: int
+    method: str
+    domain: str
+    data_source: str
+    config: dict[str, Any]
+
+
+def export_backbone(backbone: nn.Module, meta: BackboneMeta, run_dir: Path) -> None:
+    """Write ``backbone.safetensors`` and ``backbone.json`` into ``run_dir`` atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    atomic_write(run_dir / WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+    atomic_write_text(run_dir / METADATA, json.dumps(meta.__dict__, indent=2))
+
+
+def load_backbone(run_dir: Path) -> tuple[nn.Module, BackboneMeta]:
+    """The exported backbone (eval mode) and its metadata."""
+    weights, metadata = run_dir / WEIGHTS, run_dir / METADATA
+    if not (weights.is_file() and metadata.is_file()):
+        raise DomainSSLError(
+            f"{run_dir} holds no exported backbone ({WEIGHTS} + {METADATA}): give the folder "
+            "of a finished `domainssl pretrain` run."
+        )
+    meta = BackboneMeta(**json.loads(metadata.read_text()))
+    backbone = create_backbone(meta.timm_name, meta.in_chans, meta.small_input)
+    backbone.load_state_dict(load_file(str(weights)))
+    return backbone.eval(), meta

@@ -1,0 +1,19 @@
+"""Negative cosine similarity of BYOL (Grill et al. 2020) and SimSiam (Chen & He 2021)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class NegativeCosineLoss(nn.Module):
+    """``2 - 2 cos(p, z)`` averaged over the batch; the target ``z`` gets no gradient."""
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if prediction.shape != target.shape or prediction.ndim != 2:
+            raise ValueError(
+                f"expected two (N, D) tensors of one shape, got {prediction.shape}, {target.shape}"
+            )
+        cosine = F.cosine_similarity(prediction, target.detach(), dim=1)
+        return (2 - 2 * cosine).mean()

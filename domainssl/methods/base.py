@@ -1,0 +1,185 @@
+"""Shared base of all SSL methods: normalization, views, schedule, EMA, collapse monitor."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from domainssl.config import RunConfig
+from domainssl.methods.optim import build_optimizer, warmup_cosine
+from domainssl.models.backbones import create_backbone, load_backbone_weights
+from domainssl.views.presets import build_views
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """``target = momentum * target + (1 - momentum) * online``; buffers are copied."""
+    target_params = [p.data for p in target.parameters()]
+    online_params = [p.data for p in online.parameters()]
+    torch._foreach_mul_(target_params, momentum)
+    torch._foreach_add_(target_params, online_params, alpha=1 - momentum)
+    for target_buffer, online_buffer in zip(target.buffers(), online.buffers(), strict=True):
+        target_buffer.copy_(online_buffer)
+
+
+def replica_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of all parameters (EMA targets included) and non-BatchNorm buffers (queues).
+
+    BatchNorm running statistics are left out: each process updates them from its own batch.
+    """
+    digest = hashlib.sha256()
+    tensors = list(module.named_parameters()) + [
+        (name, buffer)
+        for name, buffer in module.named_buffers()
+        if not name.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    ]
+    for name, tensor in sorted(tensors, key=lambda item: item[0]):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class CollapseMonitor:
+    """Per-dimension std of L2-normalized embeddings, accumulated over an epoch.
+
+    Healthy embeddings spread over the sphere have std about 1/sqrt(dim) per dimension
+    (Jing et al. 2022; lightly's ``std_of_l2_normalized``); collapse drives it to 0.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0
+        self.total: torch.Tensor | None = None
+        self.total_sq: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def update(self, embedding: torch.Tensor) -> None:
+        z = nn.functional.normalize(embedding.detach().float(), dim=1)
+        self.total = z.sum(0) if self.total is None else self.total + z.sum(0)
+        squared = (z**2).sum(0)
+        self.total_sq = squared if self.total_sq is None else self.total_sq + squared
+        self.count += len(z)
+
+    def std(self) -> tuple[float, float]:
+        """(mean per-dimension std, that std times sqrt(dim): 1 is healthy, 0 collapsed)."""
+        assert self.total is not None and self.total_sq is not None and self.count > 1
+        mean = self.total / self.count
+        variance = (self.total_sq / self.count - mean**2).clamp(min=0)
+        std = float(variance.sqrt().mean())
+        return std, std * math.sqrt(len(mean))
+
+
+class SSLMethod(L.LightningModule):
+    """Backbone + normalization + views + schedule; subclasses add heads and a loss.
+
+    Args:
+        config: the run config.
+        band_names: names of the input bands, in order.
+        mean: per-band mean of the raw pixel values.
+        std: per-band std of the raw pixel values.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self, config: dict[str, Any], band_names: list[str], mean: list[float], std: list[float]
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.config = RunConfig.model_validate(config)
+        model_cfg = self.config.model
+        self.backbone = create_backbone(model_cfg.backbone, len(band_names), model_cfg.small_input)
+        if model_cfg.init is not None:
+            load_backbone_weights(self.backbone, Path(model_cfg.init), model_cfg.adapt_in_chans)
+        self.feature_dim: int = self.backbone.num_features  # type: ignore[assignment]
+        self.views = build_views(self.config.views)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.collapse = CollapseMonitor()
+        self.progress = 0.0
+
+    @abstractmethod
+    def loss_and_embedding(
+        self, view0: torch.Tensor, view1: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The method's loss on two views, and the embedding watched for collapse."""
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw pixels -> per-band standardized floats; NaN/inf (nodata) become 0."""
+        return torch.nan_to_num((images.float() - self.mean) / self.std, 0.0, 0.0, 0.0)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Normalize and make two views, on the batch's device (GPU when there is one)."""
+        with torch.no_grad():
+            images = self.normalize(batch["image"])
+            batch["views"] = (self.views(images), self.views(images))
+        return batch
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, embedding = self.loss_and_embedding(*batch["views"])
+        self.collapse.update(embedding)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])  # type: ignore[union-attr]
+        return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Set the learning rate from the run's progress (steps or time budget)."""
+        self.progress = self._run_progress()
+        factor = warmup_cosine(self.progress, self.config.optimizer.warmup_fraction)
+        for group in self.optimizers().param_groups:  # type: ignore[union-attr]
+            group["lr"] = self.config.optimizer.lr * factor
+
+    def _run_progress(self) -> float:
+        """max(step share, time share): the schedule ends with whichever budget ends first."""
+        trainer = self.trainer
+        total_steps = trainer.estimated_stepping_batches
+        step_share = trainer.global_step / total_steps if math.isfinite(total_steps) else 0.0
+        max_time = self.config.trainer.max_time_s
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # type: ignore[attr-defined]
+        time_share = 0.0
+        if max_time and timer is not None:
+            elapsed = timer.time_elapsed("train")
+            time_share = float(trainer.strategy.broadcast(elapsed)) / max_time  # rank 0's clock
+        return min(max(step_share, time_share), 1.0)
+
+    def on_train_epoch_end(self) -> None:
+        if self.collapse.count < 2:
+            return
+        std, ratio = self.collapse.std()
+        self.log("train/embedding_std", std, sync_dist=True)
+        self.log("train/embedding_std_ratio", ratio, prog_bar=True, sync_dist=True)
+        if ratio < self.config.trainer.collapse_threshold:
+            warnings.warn(
+                f"COLLAPSE WARNING (epoch {self.current_epoch}): embedding std {std:.4f} is "
+                f"{ratio:.2f}x the healthy 1/sqrt(dim); the representation is collapsing. "
+                "Lower the learning rate, use stronger views, or switch method.",
+                stacklevel=1,
+            )
+        self.collapse.reset()
+
+    def on_train_end(self) -> None:
+        """In multi-process runs, check that every replica holds the same weights and queues."""
+        if self.trainer.world_size == 1:
+            return
+        prints: list[str | None] = [None] * self.trainer.world_size
+        dist.all_gather_object(prints, replica_fingerprint(self))
+        if len(set(prints)) != 1:
+            raise RuntimeError(f"Model replicas diverged across processes: {prints}")
+        rank_zero_info(f"Replica check: weights identical on {len(prints)} processes.")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return build_optimizer(self, self.config.optimizer)

@@ -1,0 +1,1 @@
+"""Backbones (timm by name, any band count) and projection/prediction heads."""

@@ -1,0 +1,132 @@
+"""Pretraining: config -> data + method + Trainer -> fit -> export, in one function."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from domainssl.config import RunConfig, to_yaml
+from domainssl.data.datamodule import prepare_pretrain_data, train_loader
+from domainssl.errors import DomainSSLError
+from domainssl.export import BackboneMeta, export_backbone
+from domainssl.io import atomic_write, atomic_write_text
+from domainssl.methods import METHODS
+from domainssl.runinfo import write_run_info
+
+RUN_DIR_ENV = "DOMAINSSL_RUN_DIR"  # shared with the DDP worker processes Lightning starts
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints go to a temporary file first and are renamed into place."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+
+def new_run_dir(config: RunConfig) -> Path:
+    """``<out>/<name>``; the name defaults to ``<domain>-<method>-<timestamp>``.
+
+    Lightning's DDP workers re-run the command; they find the folder in the environment.
+    """
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    if config.name is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DomainSSLError(
+            "Multi-process launches (torchrun, SLURM) need a run name shared by all ranks: "
+            "pass --name."
+        )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = config.name or f"{config.domain}-{config.method.name}-{stamp}"
+    return Path(config.out) / name
+
+
+def build_trainer(config: RunConfig, run_dir: Path, progress_bar: bool = True) -> L.Trainer:
+    """A Lightning Trainer writing checkpoints and metrics.csv into ``run_dir``."""
+    cfg = config.trainer
+    max_time = None if cfg.max_time_s is None else timedelta(seconds=cfg.max_time_s)
+    callbacks: list[Any] = [TQDMProgressBar(refresh_rate=1)] if progress_bar else []
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.precision,  # type: ignore[arg-type]
+        sync_batchnorm=cfg.sync_batchnorm,
+        max_epochs=cfg.epochs,
+        max_time=max_time,
+        logger=CSVLogger(run_dir, name="", version=""),
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=run_dir,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress_bar,
+        log_every_n_steps=cfg.log_every_n_steps,
+    )
+
+
+def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool = True) -> Path:
+    """Train the configured method and export its backbone; returns the run folder.
+
+    Args:
+        config: the resolved run config.
+        resume: a run folder to continue from its ``checkpoints/last.ckpt``.
+        progress_bar: show Lightning's progress bar.
+    """
+    run_dir = resume if resume is not None else new_run_dir(config)
+    checkpoint = run_dir / LAST_CHECKPOINT
+    if resume is not None and not checkpoint.is_file():
+        raise DomainSSLError(f"{run_dir} has no {LAST_CHECKPOINT} to resume from.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", to_yaml(config))
+    write_run_info(run_dir)
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+
+    data = prepare_pretrain_data(
+        config.data, config.domain, run_dir / "band_stats.json", config.trainer.seed
+    )
+    method = METHODS[config.method.name](
+        config.model_dump(mode="json"), data.band_names, data.stats.mean, data.stats.std
+    )
+    trainer = build_trainer(config, run_dir, progress_bar)
+    inherited = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers started by fit() inherit it
+    try:
+        trainer.fit(
+            method,
+            train_loader(data, config.data),
+            ckpt_path=checkpoint if resume is not None else None,
+        )
+    finally:
+        if inherited is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+    trainer.save_checkpoint(checkpoint)
+    if trainer.is_global_zero:
+        meta = BackboneMeta(
+            timm_name=config.model.backbone,
+            small_input=config.model.small_input,
+            in_chans=data.in_chans,
+            band_names=data.band_names,
+            mean=data.stats.mean,
+            std=data.stats.std,
+            feature_dim=method.feature_dim,
+            input_size=config.views.crop_size,
+            method=config.method.name,
+            domain=config.domain,
+            data_source=data.source,
+            config=config.model_dump(mode="json"),
+        )
+        export_backbone(method.backbone, meta, run_dir)
+    return run_dir

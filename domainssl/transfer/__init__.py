@@ -1,0 +1,1 @@
+"""Carry a pretrained backbone to downstream tasks (linear probe, kNN, fine-tune, ...)."""

@@ -1,0 +1,108 @@
+"""Frozen-feature evaluation: feature extraction and a logistic-regression linear probe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    images: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Pooled features (N, D) of raw images (N, C, H, W), normalized with ``mean``/``std``."""
+    backbone.eval()
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    chunks = [
+        backbone((images[i : i + batch_size].float() - m) / s)
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(chunks).numpy()
+
+
+@dataclass
+class ProbeSplit:
+    """Fixed stratified train / validation / test indices."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def stratified_split(
+    labels: np.ndarray, test: float = 0.2, val: float = 0.1, seed: int = 0
+) -> ProbeSplit:
+    """Test share first, then a validation share of the rest, stratified, fixed seed."""
+    indices = np.arange(len(labels))
+    rest, test_idx = train_test_split(indices, test_size=test, stratify=labels, random_state=seed)
+    train_idx, val_idx = train_test_split(
+        rest, test_size=val / (1 - test), stratify=labels[rest], random_state=seed
+    )
+    return ProbeSplit(np.sort(train_idx), np.sort(val_idx), np.sort(test_idx))
+
+
+@dataclass
+class ProbeResult:
+    test_accuracy: float
+    val_accuracy: float
+    best_l2: float
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float) -> torch.Tensor:
+    """Multinomial logistic regression (weights incl. bias row) by full-batch L-BFGS.
+
+    Minimizes mean cross-entropy + ``l2`` * ||W||^2 (sklearn's C corresponds to 1 / (2 N l2)).
+    """
+    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    weights = torch.zeros(x1.shape[1], classes, dtype=x.dtype, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [weights],
+        lr=1,
+        max_iter=300,
+        history_size=20,
+        tolerance_grad=1e-6,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x1 @ weights, y) + l2 * (weights[:-1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weights.detach()
+
+
+def accuracy(weights: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    return float(((x1 @ weights).argmax(dim=1) == y).double().mean())
+
+
+def linear_probe(features: np.ndarray, labels: np.ndarray, split: ProbeSplit) -> ProbeResult:
+    """Logistic regression on standardized features; L2 strength chosen on validation."""
+    x = torch.from_numpy(features).double()
+    train_val = np.concatenate([split.train, split.val])
+    mean, std = x[split.train].mean(0), x[split.train].std(0).clamp(min=1e-8)
+    x = (x - mean) / std
+    y = torch.from_numpy(labels).long()
+    classes = int(labels.max()) + 1
+    best = (-1.0, L2_GRID[0])
+    for l2 in L2_GRID:
+        weights = fit_logistic(x[split.train], y[split.train], classes, l2)
+        best = max(best, (accuracy(weights, x[split.val], y[split.val]), l2))
+    val_accuracy, best_l2 = best
+    weights = fit_logistic(x[train_val], y[train_val], classes, best_l2)
+    return ProbeResult(accuracy(weights, x[split.test], y[split.test]), val_accuracy, best_l2)

@@ -1,0 +1,1 @@
+"""Domain-tuned views, applied on whole batches (on the GPU when there is one)."""
