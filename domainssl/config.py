@@ -109,6 +109,8 @@ class OptimizerConfig(_Section):
 
 class TrainerConfig(_Section):
     epochs: int = 30
+    limit_train_batches: int | float = 1.0
+    """Batches per epoch: a share (float) or a count (int); for quick checks."""
     max_time: str | None = None
     """Wall-clock budget ``HH:MM:SS`` (or ``DD:HH:MM:SS``): the LR schedule spans it."""
     accelerator: str = "auto"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import time
 from datetime import timedelta
@@ -24,6 +25,7 @@ from domainssl.runinfo import write_run_info
 
 RUN_DIR_ENV = "DOMAINSSL_RUN_DIR"  # shared with the DDP worker processes Lightning starts
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+SESSION_LOGS = "logs"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -33,6 +35,35 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
         atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+
+def merge_metrics(run_dir: Path) -> None:
+    """Append this session's ``logs/metrics.csv`` to the run's ``metrics.csv`` (kept on resume).
+
+    Lightning's CSV logger starts a fresh file each session; the run keeps the whole history.
+    """
+    session = run_dir / SESSION_LOGS / "metrics.csv"
+    if not session.is_file():
+        return
+    total = run_dir / "metrics.csv"
+    rows = _read_csv(total) + _read_csv(session)
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(total, write)
+    session.unlink()
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
 
 
 def new_run_dir(config: RunConfig) -> Path:
@@ -65,8 +96,9 @@ def build_trainer(config: RunConfig, run_dir: Path, progress_bar: bool = True) -
         precision=cfg.precision,  # type: ignore[arg-type]
         sync_batchnorm=cfg.sync_batchnorm,
         max_epochs=cfg.epochs,
+        limit_train_batches=cfg.limit_train_batches,
         max_time=max_time,
-        logger=CSVLogger(run_dir, name="", version=""),
+        logger=CSVLogger(run_dir, name=SESSION_LOGS, version=""),
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
@@ -90,6 +122,7 @@ def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool =
     if resume is not None and not checkpoint.is_file():
         raise DomainSSLError(f"{run_dir} has no {LAST_CHECKPOINT} to resume from.")
     run_dir.mkdir(parents=True, exist_ok=True)
+    merge_metrics(run_dir)  # rows of an earlier session that was killed
     atomic_write_text(run_dir / "config.yaml", to_yaml(config))
     write_run_info(run_dir)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
@@ -114,6 +147,7 @@ def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool =
             os.environ.pop(RUN_DIR_ENV, None)
     trainer.save_checkpoint(checkpoint)
     if trainer.is_global_zero:
+        merge_metrics(run_dir)
         meta = BackboneMeta(
             timm_name=config.model.backbone,
             small_input=config.model.small_input,

@@ -1,0 +1,25 @@
+"""Every YAML in configs/ runs a fast dev run on CPU (tiny backbone, 2 batches)."""
+
+from pathlib import Path
+
+import pytest
+from conftest import FAST
+from typer.testing import CliRunner
+
+from domainssl.cli import app
+from domainssl.paths import CONFIGS_DIR
+
+CONFIGS = sorted(CONFIGS_DIR.glob("*/*.yaml"))
+
+
+def test_configs_exist() -> None:
+    assert len(CONFIGS) >= 4
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_config_runs(config: Path, tmp_path: Path) -> None:
+    sets = [*FAST, "trainer.limit_train_batches=2", "data.windows_per_epoch=32"]
+    args = ["pretrain", "--config", str(config), "--out", str(tmp_path), "--name", "smoke"]
+    result = CliRunner().invoke(app, args + [f"--set={s}" for s in sets])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "smoke" / "backbone.safetensors").is_file()
