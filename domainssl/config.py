@@ -50,7 +50,7 @@ class ViewsConfig(_Section):
     """Batch-level augmentation (the views the model learns to be invariant to)."""
 
     preset: Literal["eo"] = "eo"
-    crop_size: int = 48
+    crop_size: int = 32
     """Output side (px) of each view."""
     crop_scale: tuple[float, float] = (0.25, 1.0)
     """Area fraction range of the random resized crop."""

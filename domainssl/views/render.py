@@ -9,6 +9,8 @@ from torchvision.utils import make_grid, save_image
 
 from domainssl.io import atomic_write
 
+DISPLAY_SIZE = 128
+
 
 def display_bands(band_names: list[str]) -> list[int]:
     """Indices of red, green, blue when the bands are named so, else the first three."""
@@ -30,10 +32,13 @@ def to_display(images: torch.Tensor, bands: list[int]) -> torch.Tensor:
 def save_view_grid(
     originals: torch.Tensor, views: list[torch.Tensor], band_names: list[str], out: Path
 ) -> None:
-    """One row per sample: the original, then each view (all resized to one size)."""
-    size = views[0].shape[-1]
-    originals = torch.nn.functional.interpolate(originals, size=(size, size), mode="bilinear")
-    columns = torch.stack([originals, *views], dim=1)  # (B, 1 + V, C, S, S)
+    """One row per sample: the original, then each view (shown at least 128 px wide)."""
+    size = max(views[0].shape[-1], DISPLAY_SIZE)
+    resized = [
+        torch.nn.functional.interpolate(images, size=(size, size), mode="nearest")
+        for images in (originals, *views)
+    ]
+    columns = torch.stack(resized, dim=1)  # (B, 1 + V, C, S, S)
     tiles = to_display(columns.flatten(0, 1), display_bands(band_names))
     grid = make_grid(tiles, nrow=columns.shape[1], padding=2, pad_value=1.0)
     atomic_write(out, lambda tmp: save_image(grid, tmp, format=out.suffix.lstrip(".") or "png"))
