@@ -120,6 +120,10 @@ class TrainerConfig(_Section):
     strategy: str = "auto"
     sync_batchnorm: bool = False
     seed: int = 0
+    checkpoint_every_n_epochs: int = 1
+    """Write ``checkpoints/last.ckpt`` after every this many epochs."""
+    checkpoint_every_minutes: float | None = None
+    """Instead, write it every this many minutes of training (for long epochs)."""
     log_every_n_steps: int = 10
     collapse_threshold: float = 0.1
     """Warn when the embedding std falls below this share of its healthy value 1/sqrt(dim)."""

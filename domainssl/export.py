@@ -29,6 +29,7 @@ class BackboneMeta:
     std: list[float]
     feature_dim: int
     input_size: int
+    """Side (px) of the samples the views were cut from: the size to feed downstream."""
     method: str
     domain: str
     data_source: str

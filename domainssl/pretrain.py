@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from domainssl.checkpointing import LAST_CHECKPOINT, AtomicCheckpointIO, PeriodicCheckpoint
 from domainssl.config import RunConfig, to_yaml
 from domainssl.data.datamodule import prepare_pretrain_data, train_loader
 from domainssl.errors import DomainSSLError
@@ -24,17 +23,7 @@ from domainssl.methods import METHODS
 from domainssl.runinfo import write_run_info
 
 RUN_DIR_ENV = "DOMAINSSL_RUN_DIR"  # shared with the DDP worker processes Lightning starts
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 SESSION_LOGS = "logs"
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints go to a temporary file first and are renamed into place."""
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
-    ) -> None:
-        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
 def merge_metrics(run_dir: Path) -> None:
@@ -87,7 +76,11 @@ def build_trainer(config: RunConfig, run_dir: Path, progress_bar: bool = True) -
     """A Lightning Trainer writing checkpoints and metrics.csv into ``run_dir``."""
     cfg = config.trainer
     max_time = None if cfg.max_time_s is None else timedelta(seconds=cfg.max_time_s)
-    callbacks: list[Any] = [TQDMProgressBar(refresh_rate=1)] if progress_bar else []
+    callbacks: list[Any] = [
+        PeriodicCheckpoint(run_dir, cfg.checkpoint_every_n_epochs, cfg.checkpoint_every_minutes)
+    ]
+    if progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
@@ -101,8 +94,8 @@ def build_trainer(config: RunConfig, run_dir: Path, progress_bar: bool = True) -
         logger=CSVLogger(run_dir, name=SESSION_LOGS, version=""),
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
+        enable_checkpointing=False,  # PeriodicCheckpoint writes last.ckpt
         default_root_dir=run_dir,
-        enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=progress_bar,
         log_every_n_steps=cfg.log_every_n_steps,
@@ -156,7 +149,7 @@ def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool =
             mean=data.stats.mean,
             std=data.stats.std,
             feature_dim=method.feature_dim,
-            input_size=config.views.crop_size,
+            input_size=config.data.sample_size,
             method=config.method.name,
             domain=config.domain,
             data_source=data.source,

@@ -121,3 +121,28 @@ def test_corrupt_tiff_and_empty_folder_exit_2(tmp_path: Path) -> None:
     (corrupt / "a.tif").write_bytes(b"II*\x00garbage")
     result = runner.invoke(app, ["pretrain", "--data", str(corrupt)])
     assert result.exit_code == 2 and "corrupt or truncated" in result.output
+
+
+def test_crash_in_second_epoch_leaves_first_epoch_checkpoint(
+    tif_chips: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from domainssl.config import load_config
+    from domainssl.methods import SimCLR
+    from domainssl.pretrain import pretrain as run_pretraining
+
+    def crash_in_epoch_two(self: SimCLR) -> None:
+        if self.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(SimCLR, "on_train_epoch_start", crash_in_epoch_two)
+    config = load_config(
+        "eo",
+        "simclr",
+        overrides={"data.path": str(tif_chips), "out": str(tmp_path), "name": "c"},
+        sets=[*FAST, "trainer.epochs=3"],
+    )
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pretraining(config, progress_bar=False)
+    checkpoint = torch.load(tmp_path / "c" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["epoch"] == 0 and checkpoint["global_step"] > 0
+    assert not (tmp_path / "c" / "backbone.safetensors").exists()
