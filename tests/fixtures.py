@@ -73,3 +73,45 @@ def write_scene(
     array = rng.integers(100, 4000, (bands, height, width)).astype(np.uint16)
     array[:, :nodata_rows] = 0
     return write_geotiff(path, array, nodata=0)
+
+
+TISSUE_RGB = (190, 90, 170)  # H&E-like pink-purple
+GLASS_RGB = (242, 242, 242)
+
+
+def write_slide(
+    path: Path,
+    width: int = 2048,
+    height: int = 1536,
+    mpp: float | None = 0.25,
+    tissue: list[tuple[int, int, int, int]] | None = None,
+    seed: int = 0,
+) -> Path:
+    """A 3-level pyramidal tiled TIFF (generic-tiff for OpenSlide) with resolution tags.
+
+    ``tissue`` boxes (x0, y0, x1, y1) in level-0 pixels are stained; the rest is glass.
+    """
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = GLASS_RGB
+    for x0, y0, x1, y1 in tissue or []:
+        image[y0:y1, x0:x1] = TISSUE_RGB
+    noise = rng.integers(-6, 7, image.shape)
+    image = np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tifffile.TiffWriter(path) as tif:
+        for level in range(3):
+            step = 2**level
+            per_cm = 1e4 / (mpp * step) if mpp is not None else None
+            tif.write(
+                image[::step, ::step],
+                tile=(256, 256),
+                photometric="rgb",
+                compression="zlib",
+                subfiletype=0 if level == 0 else 1,
+                resolution=(per_cm, per_cm) if per_cm else None,
+                resolutionunit="CENTIMETER" if per_cm else None,
+            )
+    return path

@@ -1,0 +1,136 @@
+"""Stain operations for H&E pathology on RGB batches in [0, 1] (pathology views only).
+
+Colour deconvolution after Ruifrok & Johnston (2001): optical density OD = -log(I) is a
+linear mix of stain vectors. HED jitter (Tellez et al. 2018) perturbs each stain's
+concentration; Macenko et al. (2009) and Reinhard et al. (2001) normalize stain colour.
+"""
+
+from __future__ import annotations
+
+import torch
+from kornia.color import lab_to_rgb, rgb_to_lab
+
+# Rows: haematoxylin, eosin, DAB optical-density directions (scikit-image's rgb_from_hed).
+RGB_FROM_HED = torch.tensor(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64
+)
+RGB_FROM_HED = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
+MIN_INTENSITY = 1e-6
+
+
+def rgb_to_od(images: torch.Tensor) -> torch.Tensor:
+    """Optical density of (B, 3, H, W) RGB in [0, 1]."""
+    return -torch.log(images.clamp(min=MIN_INTENSITY))
+
+
+def od_to_rgb(od: torch.Tensor) -> torch.Tensor:
+    return torch.exp(-od).clamp(0, 1)
+
+
+def hed_jitter(images: torch.Tensor, sigma: float, bias: float) -> torch.Tensor:
+    """Tellez et al. (2018): per-image, per-stain ``c * U(1-sigma, 1+sigma) + U(-bias, bias)``.
+
+    Args:
+        images: (B, 3, H, W) RGB in [0, 1].
+        sigma: multiplicative strength (Tellez's "HED-light": 0.05).
+        bias: additive strength in concentration units.
+    """
+    b = images.shape[0]
+    matrix = RGB_FROM_HED.to(images.device, images.dtype)  # (3 stains, 3 rgb)
+    inverse = torch.linalg.inv(matrix)
+    od = rgb_to_od(images).permute(0, 2, 3, 1)  # (B, H, W, 3)
+    concentrations = od @ inverse  # (B, H, W, 3 stains)
+    scale = 1 + (torch.rand(b, 1, 1, 3, device=images.device) * 2 - 1) * sigma
+    shift = (torch.rand(b, 1, 1, 3, device=images.device) * 2 - 1) * bias
+    od = (concentrations * scale + shift) @ matrix
+    return od_to_rgb(od.permute(0, 3, 1, 2))
+
+
+def macenko_stains(image: torch.Tensor, beta: float = 0.15, alpha: float = 1.0) -> torch.Tensor:
+    """Stain vectors (2, 3) of one RGB image (3, H, W) in [0, 1], H first (Macenko 2009).
+
+    Args:
+        image: one RGB image in [0, 1].
+        beta: pixels whose OD norm is below this count as background. (Macenko thresholds
+            every channel, which drops nearly pure eosin pixels: eosin hardly absorbs red.)
+        alpha: percentile (in %) of the extreme angles taken as the pure stains.
+    """
+    od = rgb_to_od(image).reshape(3, -1).T.double()  # (N, 3)
+    od = od[od.norm(dim=1) > beta]
+    if len(od) < 10:
+        raise ValueError("too few stained pixels to estimate stain vectors (is it background?)")
+    _, vectors = torch.linalg.eigh(torch.cov(od.T))
+    plane = vectors[:, 1:]  # the two largest eigenvectors, (3, 2)
+    projected = od @ plane
+    angles = torch.atan2(projected[:, 1], projected[:, 0])
+    low, high = torch.quantile(angles, torch.tensor([alpha / 100, 1 - alpha / 100], dtype=od.dtype))
+    stains = torch.stack(
+        [plane @ torch.stack([low.cos(), low.sin()]), plane @ torch.stack([high.cos(), high.sin()])]
+    )
+    stains = stains * torch.where(stains.sum(dim=1, keepdim=True) < 0, -1.0, 1.0)
+    if stains[0, 0] < stains[1, 0]:  # haematoxylin absorbs more red than eosin does
+        stains = stains.flip(0)
+    return (stains / stains.norm(dim=1, keepdim=True)).float()
+
+
+def macenko_concentrations(image: torch.Tensor, stains: torch.Tensor) -> torch.Tensor:
+    """Least-squares stain concentrations (2, H*W) of an image for given stain vectors."""
+    od = rgb_to_od(image).reshape(3, -1).double()  # (3, N)
+    return torch.linalg.lstsq(stains.double().T, od).solution  # (2, N)
+
+
+class MacenkoNormalizer:
+    """Map every image's stains and concentration range onto a reference's."""
+
+    def __init__(self, stains: torch.Tensor, max_concentrations: torch.Tensor) -> None:
+        self.stains, self.max_concentrations = stains, max_concentrations
+
+    @classmethod
+    def fit(cls, reference: torch.Tensor) -> MacenkoNormalizer:
+        """Fit on one reference RGB image (3, H, W) in [0, 1]."""
+        stains = macenko_stains(reference)
+        concentrations = macenko_concentrations(reference, stains)
+        return cls(stains, torch.quantile(concentrations, 0.99, dim=1).float())
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalize a (B, 3, H, W) batch; images without enough stain are left as they are."""
+        out = images.clone()
+        for i, image in enumerate(images):
+            try:
+                stains = macenko_stains(image)
+            except ValueError:
+                continue
+            concentrations = macenko_concentrations(image, stains)
+            scale = self.max_concentrations.double() / torch.quantile(concentrations, 0.99, dim=1)
+            od = self.stains.double().T @ (concentrations * scale[:, None])  # (3, N)
+            out[i] = od_to_rgb(od.reshape(image.shape)).to(images.dtype)
+        return out
+
+    def state(self) -> dict[str, list]:
+        return {
+            "stains": self.stains.tolist(),
+            "max_concentrations": self.max_concentrations.tolist(),
+        }
+
+
+class ReinhardNormalizer:
+    """Match each image's per-channel LAB mean and std to a reference's (Reinhard 2001)."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean, self.std = mean, std  # (3,) each, LAB
+
+    @classmethod
+    def fit(cls, reference: torch.Tensor) -> ReinhardNormalizer:
+        lab = rgb_to_lab(reference[None])[0].reshape(3, -1)
+        return cls(lab.mean(dim=1), lab.std(dim=1))
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        lab = rgb_to_lab(images)
+        mean = lab.mean(dim=(2, 3), keepdim=True)
+        std = lab.std(dim=(2, 3), keepdim=True).clamp(min=1e-6)
+        target_mean = self.mean.to(images)[None, :, None, None]
+        target_std = self.std.to(images)[None, :, None, None]
+        return lab_to_rgb((lab - mean) / std * target_std + target_mean).clamp(0, 1)
+
+    def state(self) -> dict[str, list]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}

@@ -1,0 +1,65 @@
+"""Stain views: HED jitter identity and range, Macenko recovers constructed stain vectors."""
+
+import torch
+import torch.nn.functional as F
+
+from domainssl.views.stain import (
+    MacenkoNormalizer,
+    ReinhardNormalizer,
+    hed_jitter,
+    macenko_stains,
+    od_to_rgb,
+)
+
+H_STAIN = F.normalize(torch.tensor([0.65, 0.70, 0.29]), dim=0)
+E_STAIN = F.normalize(torch.tensor([0.07, 0.99, 0.11]), dim=0)
+
+
+def constructed_image(seed: int = 0, size: int = 48) -> torch.Tensor:
+    """RGB from known stains: haematoxylin and eosin concentrations over white background."""
+    generator = torch.Generator().manual_seed(seed)
+    concentrations = torch.rand(2, size * size, generator=generator) * torch.tensor([[1.2], [0.8]])
+    concentrations[:, : size * 4] = 0.0  # some background
+    od = torch.stack([H_STAIN, E_STAIN]).T @ concentrations  # (3, N)
+    return od_to_rgb(od.reshape(3, size, size))
+
+
+def test_hed_jitter_zero_strength_is_identity() -> None:
+    images = torch.rand(3, 3, 16, 16)
+    assert torch.allclose(hed_jitter(images, 0.0, 0.0), images, atol=1e-5)
+
+
+def test_hed_jitter_stays_in_range_and_changes_colour() -> None:
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 16, 16)
+    jittered = hed_jitter(images, 0.3, 0.1)
+    assert jittered.min() >= 0 and jittered.max() <= 1
+    assert not torch.allclose(jittered, images, atol=1e-3)
+
+
+def test_macenko_recovers_constructed_stain_vectors() -> None:
+    stains = macenko_stains(constructed_image())
+    assert float(stains[0] @ H_STAIN) > 0.99
+    assert float(stains[1] @ E_STAIN) > 0.99
+
+
+def test_macenko_normalizer_maps_to_reference_stains() -> None:
+    reference = constructed_image(0)
+    # a differently stained image: eosin vector rotated, concentrations scaled
+    other_e = F.normalize(torch.tensor([0.25, 0.9, 0.3]), dim=0)
+    generator = torch.Generator().manual_seed(1)
+    concentrations = torch.rand(2, 48 * 48, generator=generator) * torch.tensor([[0.6], [1.5]])
+    image = od_to_rgb((torch.stack([H_STAIN, other_e]).T @ concentrations).reshape(3, 48, 48))
+    normalizer = MacenkoNormalizer.fit(reference)
+    normalized = normalizer(image[None])[0]
+    assert float(macenko_stains(normalized)[1] @ E_STAIN) > 0.99
+    assert normalized.min() >= 0 and normalized.max() <= 1
+
+
+def test_reinhard_matches_reference_lab_statistics() -> None:
+    from kornia.color import rgb_to_lab
+
+    reference, image = constructed_image(0), constructed_image(2) * 0.8
+    normalizer = ReinhardNormalizer.fit(reference)
+    lab = rgb_to_lab(normalizer(image[None]))[0].reshape(3, -1)
+    assert torch.allclose(lab.mean(dim=1), normalizer.mean, atol=0.5)
