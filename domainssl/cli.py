@@ -50,7 +50,7 @@ def parse_devices(devices: str | None) -> int | str | None:
     return int(devices) if devices is not None and devices.isdigit() else devices
 
 
-Domain = Annotated[str, typer.Option(help="Domain: eo.")]
+Domain = Annotated[str, typer.Option(help="Domain: eo or pathology.")]
 Method = Annotated[str | None, typer.Option(help="simclr, moco, byol or simsiam.")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML run config to use.")]
 Data = Annotated[str | None, typer.Option(help="Folder of chips or GeoTIFF scene(s).")]
@@ -144,19 +144,17 @@ def views(
     import torch
 
     from domainssl.data.datamodule import prepare_pretrain_data
-    from domainssl.views.presets import build_views
+    from domainssl.views.presets import Standardize, build_views
     from domainssl.views.render import save_view_grid
 
     run_config = load_config(domain, method, config, {"data.path": data}, set_)
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = prepare_pretrain_data(run_config.data, domain, Path(tmp) / "stats.json", seed)
+        prepared = prepare_pretrain_data(run_config.data, domain, Path(tmp), seed)
     picks = torch.randperm(len(prepared.dataset))[:samples].tolist()  # type: ignore[arg-type]
     raw = torch.stack([prepared.dataset[i]["image"] for i in picks]).float()
-    mean = torch.tensor(prepared.stats.mean).view(1, -1, 1, 1)
-    std = torch.tensor(prepared.stats.std).view(1, -1, 1, 1)
-    images = (raw - mean) / std
-    pipeline = build_views(run_config.views)
-    augmented = [pipeline(images) for _ in range(count)]
-    save_view_grid(images, augmented, prepared.band_names, out)
+    pipeline = build_views(run_config.views, prepared.stats.mean, prepared.stats.std)
+    originals = Standardize(prepared.stats.mean, prepared.stats.std)(raw)
+    augmented = [pipeline(raw) for _ in range(count)]
+    save_view_grid(originals, augmented, prepared.band_names, out)
     typer.echo(f"Wrote {out}: {len(picks)} samples (rows), original + {count} views each.")

@@ -26,18 +26,25 @@ class DataConfig(_Section):
 
     path: str | None = None
     """Folder of chips, a GeoTIFF scene, or a folder of scenes; None = embedded demo."""
-    kind: Literal["auto", "chips", "scenes"] = "auto"
-    """``chips``: one sample per file; ``scenes``: random windows from large rasters."""
+    kind: Literal["auto", "chips", "scenes", "slides"] = "auto"
+    """``chips``: one sample per file; ``scenes``: random windows from large rasters;
+    ``slides``: tissue patches of whole-slide images."""
     bands: list[str] | None = None
     """Band names; by default read from the file (descriptions) or ``B1..Bn``."""
     in_chans: int | None = None
     """Expected band count; a file with another count is an error. None = take the data's."""
     sample_size: int = 64
     """Side (px) of the sample given to the views: chips are resized to it, windows read at it."""
-    windows_per_epoch: int = 2048
-    """Scenes only: random windows drawn per epoch."""
+    samples_per_epoch: int = 2048
+    """Scenes and slides: random windows / patches drawn per epoch."""
     max_nodata_fraction: float = 0.5
     """Scenes only: windows with more nodata than this are rejected and redrawn."""
+    mpp: float = 0.5
+    """Slides: target resolution in microns per pixel (0.5 ~ 20x, 0.25 ~ 40x)."""
+    slide_mpp: float | None = None
+    """Slides: resolution of level 0 when the slide does not record it."""
+    tissue_threshold: float = 0.5
+    """Slides: minimum tissue share of a patch."""
     stats_samples: int = 2048
     """Samples used for the streaming per-band mean/std."""
     cache_in_memory_gb: float = 4.0
@@ -49,7 +56,7 @@ class DataConfig(_Section):
 class ViewsConfig(_Section):
     """Batch-level augmentation (the views the model learns to be invariant to)."""
 
-    preset: Literal["eo"] = "eo"
+    preset: Literal["eo", "pathology"] = "eo"
     crop_size: int = 32
     """Output side (px) of each view."""
     crop_scale: tuple[float, float] = (0.25, 1.0)
@@ -67,6 +74,10 @@ class ViewsConfig(_Section):
     blur_p: float = 0.3
     blur_sigma: tuple[float, float] = (0.1, 1.0)
     noise_std: float = 0.05
+    hed_sigma: float = 0.05
+    """Pathology: multiplicative HED stain jitter (Tellez et al. 2018 "HED-light": 0.05)."""
+    hed_bias: float = 0.05
+    """Pathology: additive HED stain jitter."""
 
 
 class ModelConfig(_Section):
@@ -143,7 +154,7 @@ class TrainerConfig(_Section):
 class RunConfig(_Section):
     """A whole pretraining run."""
 
-    domain: Literal["eo"] = "eo"
+    domain: Literal["eo", "pathology"] = "eo"
     out: str = "runs"
     """Parent folder of run folders."""
     name: str | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -114,15 +115,18 @@ def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool =
     checkpoint = run_dir / LAST_CHECKPOINT
     if resume is not None and not checkpoint.is_file():
         raise DomainSSLError(f"{run_dir} has no {LAST_CHECKPOINT} to resume from.")
+    is_new = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     merge_metrics(run_dir)  # rows of an earlier session that was killed
     atomic_write_text(run_dir / "config.yaml", to_yaml(config))
     write_run_info(run_dir)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
-
-    data = prepare_pretrain_data(
-        config.data, config.domain, run_dir / "band_stats.json", config.trainer.seed
-    )
+    try:
+        data = prepare_pretrain_data(config.data, config.domain, run_dir, config.trainer.seed)
+    except DomainSSLError:
+        if is_new:  # bad data: leave no empty run folder behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     method = METHODS[config.method.name](
         config.model_dump(mode="json"), data.band_names, data.stats.mean, data.stats.std
     )

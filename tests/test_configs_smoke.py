@@ -18,7 +18,7 @@ def test_configs_exist() -> None:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_config_runs(config: Path, tmp_path: Path) -> None:
-    sets = [*FAST, "trainer.limit_train_batches=2", "data.windows_per_epoch=32"]
+    sets = [*FAST, "trainer.limit_train_batches=2", "data.samples_per_epoch=32"]
     args = ["pretrain", "--config", str(config), "--out", str(tmp_path), "--name", "smoke"]
     result = CliRunner().invoke(app, args + [f"--set={s}" for s in sets])
     assert result.exit_code == 0, result.output

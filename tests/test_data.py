@@ -105,9 +105,9 @@ def test_constant_band_gets_unit_std() -> None:
 
 def test_stats_are_cached_for_the_same_source(tif_chips: Path, tmp_path: Path) -> None:
     config = DataConfig(path=str(tif_chips), sample_size=16, stats_samples=8)
-    stats_file = tmp_path / "stats.json"
-    first = prepare_pretrain_data(config, "eo", stats_file)
+    first = prepare_pretrain_data(config, "eo", tmp_path)
+    stats_file = tmp_path / "band_stats.json"
     stats_file.write_text(stats_file.read_text().replace(str(first.stats.mean[0]), "123.0"))
-    assert prepare_pretrain_data(config, "eo", stats_file).stats.mean[0] == 123.0
+    assert prepare_pretrain_data(config, "eo", tmp_path).stats.mean[0] == 123.0
     direct = compute_band_stats(first.dataset, 8, "x")
     assert direct.mean == pytest.approx(first.stats.mean)

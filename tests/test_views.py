@@ -2,13 +2,15 @@
 
 from typing import Any
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domainssl.config import ViewsConfig
+from domainssl.errors import DomainSSLError
 from domainssl.views.crops import random_crop_affine, resample
-from domainssl.views.presets import EOViews
+from domainssl.views.presets import EOViews, PathologyViews
 from domainssl.views.spectral import band_dropout, band_jitter, gaussian_noise, random_blur
 
 OFF: dict[str, Any] = {
@@ -25,8 +27,9 @@ OFF: dict[str, Any] = {
 
 def test_all_off_is_identity() -> None:
     images = torch.randn(4, 7, 24, 24)
-    views = EOViews(ViewsConfig(crop_size=24, **OFF))(images)
-    assert torch.allclose(views, images, atol=1e-5)
+    mean, std = [1.0] * 7, [2.0] * 7
+    views = EOViews(ViewsConfig(crop_size=24, **OFF), mean, std)(images)
+    assert torch.allclose(views, (images - 1) / 2, atol=1e-5)
 
 
 def test_flip_and_rotation_are_exact_permutations() -> None:
@@ -60,7 +63,7 @@ def test_band_dropout_keeps_at_least_one_band() -> None:
 
 def test_views_differ_and_keep_band_count() -> None:
     torch.manual_seed(0)
-    pipeline = EOViews(ViewsConfig(crop_size=16))
+    pipeline = EOViews(ViewsConfig(crop_size=16), [0.0] * 11, [1.0] * 11)
     images = torch.randn(6, 11, 40, 40)
     a, b = pipeline(images), pipeline(images)
     assert a.shape == (6, 11, 16, 16) and not torch.allclose(a, b)
@@ -78,6 +81,25 @@ def test_any_valid_input_gives_finite_views_of_configured_shape(
     bands: int, height: int, width: int, batch: int, crop: int
 ) -> None:
     images = torch.randn(batch, bands, height, width) * 100
-    views = EOViews(ViewsConfig(crop_size=crop, band_dropout_p=0.3, blur_p=1.0))(images)
+    config = ViewsConfig(crop_size=crop, band_dropout_p=0.3, blur_p=1.0)
+    views = EOViews(config, [0.0] * bands, [100.0] * bands)(images)
     assert views.shape == (batch, bands, crop, crop)
     assert bool(torch.isfinite(views).all())
+
+
+def test_pathology_views_off_is_standardize_and_on_stays_finite() -> None:
+    torch.manual_seed(0)
+    raw = torch.randint(0, 256, (4, 3, 32, 32)).float()
+    mean, std = [180.0, 120.0, 170.0], [40.0, 50.0, 30.0]
+    off = PathologyViews(
+        ViewsConfig(preset="pathology", crop_size=32, hed_sigma=0.0, hed_bias=0.0, **OFF), mean, std
+    )
+    expected = (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(off(raw), expected, atol=1e-3)
+    on = PathologyViews(ViewsConfig(preset="pathology", crop_size=16), mean, std)(raw)
+    assert on.shape == (4, 3, 16, 16) and bool(torch.isfinite(on).all())
+
+
+def test_pathology_views_refuse_non_rgb() -> None:
+    with pytest.raises(DomainSSLError, match="RGB images"):
+        PathologyViews(ViewsConfig(preset="pathology"), [0.0] * 4, [1.0] * 4)

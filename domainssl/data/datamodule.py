@@ -11,11 +11,16 @@ from torch.utils.data import DataLoader, Dataset
 from domainssl.config import DataConfig
 from domainssl.data.eo import SceneWindows, list_scenes
 from domainssl.data.folder import ChipFolder, InMemoryChips
+from domainssl.data.imageio import RGB_NAMES
+from domainssl.data.pathology import SlidePatches, is_slide, list_slides, open_slide_grids
 from domainssl.data.stats import BandStats, compute_band_stats
 from domainssl.errors import DomainSSLError
 from domainssl.paths import DATASETS_DIR, REPO_ROOT, repo_resource
 
-DEMO_DATA = {"eo": DATASETS_DIR / "eurosat_demo"}
+DEMO_DATA = {
+    "eo": DATASETS_DIR / "eurosat_demo",
+    "pathology": DATASETS_DIR / "pathology_demo" / "slides",
+}
 
 
 @dataclass
@@ -46,26 +51,45 @@ def resolve_data_path(config: DataConfig, domain: str) -> Path:
     return path
 
 
-def detect_kind(path: Path, kind: str) -> str:
-    """A single GeoTIFF file is a scene; a folder holds chips unless ``data.kind=scenes``."""
+def detect_kind(path: Path, kind: str, domain: str) -> str:
+    """Scenes for a GeoTIFF file; slides for a slide, CSV or folder of slides; else chips.
+
+    A folder holds chips unless ``data.kind`` says otherwise, or, in pathology, it
+    holds slides.
+    """
     if kind != "auto":
         return kind
-    if path.is_file():
-        return "scenes"
-    return "chips"
+    if domain == "pathology":
+        is_slides = path.suffix.lower() == ".csv" or (path.is_file() and is_slide(path))
+        has_slides = path.is_dir() and any(is_slide(p) for p in path.iterdir() if p.is_file())
+        return "slides" if is_slides or has_slides else "chips"
+    return "scenes" if path.is_file() else "chips"
 
 
-def build_dataset(config: DataConfig, path: Path) -> tuple[Dataset, list[str]]:
-    """Dataset and band names for a chip folder or a set of scenes."""
-    if detect_kind(path, config.kind) == "scenes":
+def build_dataset(
+    config: DataConfig, path: Path, domain: str, run_dir: Path
+) -> tuple[Dataset, list[str]]:
+    """Dataset and band names for chips, scenes or slides (grids cached in ``run_dir``)."""
+    kind = detect_kind(path, config.kind, domain)
+    if kind == "scenes":
         scenes = SceneWindows(
             list_scenes(path),
             size=config.sample_size,
-            length=config.windows_per_epoch,
+            length=config.samples_per_epoch,
             max_nodata_fraction=config.max_nodata_fraction,
             in_chans=config.in_chans,
         )
         return scenes, config.bands or scenes.band_names
+    if kind == "slides":
+        grids = open_slide_grids(
+            list_slides(path),
+            run_dir / "tissue_grids",
+            config.sample_size,
+            config.mpp,
+            config.tissue_threshold,
+            config.slide_mpp,
+        )
+        return SlidePatches(grids, config.samples_per_epoch), config.bands or list(RGB_NAMES)
     chips = ChipFolder(path, size=config.sample_size, in_chans=config.in_chans)
     names = config.bands or chips.band_names
     bytes_per_chip = chips.in_chans * config.sample_size**2 * 4
@@ -75,15 +99,16 @@ def build_dataset(config: DataConfig, path: Path) -> tuple[Dataset, list[str]]:
 
 
 def prepare_pretrain_data(
-    config: DataConfig, domain: str, stats_file: Path, seed: int = 0
+    config: DataConfig, domain: str, run_dir: Path, seed: int = 0
 ) -> PretrainData:
     """Build the dataset and load (or compute and cache) its per-band stats."""
     path = resolve_data_path(config, domain)
-    dataset, band_names = build_dataset(config, path)
+    dataset, band_names = build_dataset(config, path, domain, run_dir)
     if len(band_names) != _channels(dataset):
         raise DomainSSLError(
             f"data.bands names {len(band_names)} bands but {path} has {_channels(dataset)}."
         )
+    stats_file = run_dir / "band_stats.json"
     if stats_file.is_file() and BandStats.load(stats_file).source == str(path):
         stats = BandStats.load(stats_file)
     else:

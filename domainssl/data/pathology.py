@@ -59,7 +59,7 @@ def list_slides(path: Path) -> list[Path]:
     elif path.is_file():
         slides = [path]
     else:
-        slides = sorted(p for p in path.iterdir() if p.is_file() and _is_slide(p))
+        slides = sorted(p for p in path.iterdir() if p.is_file() and is_slide(p))
     if not slides:
         raise DomainSSLError(
             f"No slides in {path}: give a folder of whole-slide images (SVS, NDPI, MRXS, "
@@ -68,7 +68,8 @@ def list_slides(path: Path) -> list[Path]:
     return slides
 
 
-def _is_slide(path: Path) -> bool:
+def is_slide(path: Path) -> bool:
+    """Whether OpenSlide recognises the file's format (it may still fail to open it)."""
     try:
         return openslide.OpenSlide.detect_format(str(path)) is not None
     except Exception:

@@ -92,9 +92,6 @@ class SSLMethod(L.LightningModule):
         std: per-band std of the raw pixel values.
     """
 
-    mean: torch.Tensor
-    std: torch.Tensor
-
     def __init__(
         self, config: dict[str, Any], band_names: list[str], mean: list[float], std: list[float]
     ) -> None:
@@ -106,9 +103,7 @@ class SSLMethod(L.LightningModule):
         if model_cfg.init is not None:
             load_backbone_weights(self.backbone, Path(model_cfg.init), model_cfg.adapt_in_chans)
         self.feature_dim: int = self.backbone.num_features  # type: ignore[assignment]
-        self.views = build_views(self.config.views)
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.views = build_views(self.config.views, mean, std)
         self.collapse = CollapseMonitor()
         self.progress = 0.0
 
@@ -118,14 +113,10 @@ class SSLMethod(L.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The method's loss on two views, and the embedding watched for collapse."""
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw pixels -> per-band standardized floats; NaN/inf (nodata) become 0."""
-        return torch.nan_to_num((images.float() - self.mean) / self.std, 0.0, 0.0, 0.0)
-
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Normalize and make two views, on the batch's device (GPU when there is one)."""
+        """Make two standardized views, on the batch's device (GPU when there is one)."""
         with torch.no_grad():
-            images = self.normalize(batch["image"])
+            images = batch["image"].float()
             batch["views"] = (self.views(images), self.views(images))
         return batch
 
