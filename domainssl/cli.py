@@ -66,6 +66,9 @@ def pretrain(
     method: Method = None,
     config: ConfigFile = None,
     data: Data = None,
+    mpp: Annotated[
+        float | None, typer.Option(help="Pathology: patch resolution in µm/px (0.5 ~ 20x).")
+    ] = None,
     backbone: Annotated[str | None, typer.Option(help="timm model name.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size per device.")] = None,
@@ -88,6 +91,7 @@ def pretrain(
 
     overrides = {
         "data.path": data,
+        "data.mpp": mpp,
         "model.backbone": backbone,
         "trainer.epochs": epochs,
         "data.batch_size": batch_size,

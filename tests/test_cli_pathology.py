@@ -27,6 +27,8 @@ def test_pathology_run_on_a_slide_folder(tmp_path: Path) -> None:
         str(tmp_path),
         "--name",
         "p",
+        "--mpp",
+        "1.0",
         *[f"--set={s}" for s in FAST],
         "--set=data.samples_per_epoch=16",
     ]
@@ -34,6 +36,8 @@ def test_pathology_run_on_a_slide_folder(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     run = tmp_path / "p"
     assert len(list((run / "tissue_grids").glob("*.json"))) == 2
+    grid = json.loads(next((run / "tissue_grids").glob("*.json")).read_text())
+    assert grid["mpp"] == 1.0 and grid["slide_mpp"] == 0.25
     meta = json.loads((run / "backbone.json").read_text())
     assert meta["domain"] == "pathology" and meta["band_names"] == ["red", "green", "blue"]
 
