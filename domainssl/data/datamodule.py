@@ -104,10 +104,9 @@ def prepare_pretrain_data(
     """Build the dataset and load (or compute and cache) its per-band stats."""
     path = resolve_data_path(config, domain)
     dataset, band_names = build_dataset(config, path, domain, run_dir)
-    if len(band_names) != _channels(dataset):
-        raise DomainSSLError(
-            f"data.bands names {len(band_names)} bands but {path} has {_channels(dataset)}."
-        )
+    channels = _channels(dataset)
+    if len(band_names) != channels:
+        raise DomainSSLError(f"data.bands names {len(band_names)} bands but {path} has {channels}.")
     stats_file = run_dir / "band_stats.json"
     if stats_file.is_file() and BandStats.load(stats_file).source == str(path):
         stats = BandStats.load(stats_file)
