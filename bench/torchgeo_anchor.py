@@ -79,7 +79,7 @@ def _simclr_task(size: int) -> SimCLRTask:
 
 
 def train_torchgeo_simclr(
-    chip_dir: Path,
+    chip_source: Path | Tensor,
     max_time_s: float,
     batch_size: int = 128,
     size: int = 64,
@@ -101,13 +101,18 @@ def train_torchgeo_simclr(
     ``max_epochs``, so within any realistic time budget the learning rate stays
     near the warmup start (lr / 3 = 1.6).
 
-    Chips are loaded into memory once (optionally a ``max_images`` subset) and fed as
+    ``chip_source`` is a folder of chips, loaded into memory once (optionally a
+    ``max_images`` subset), or an already loaded uint8 ``(N, 3, H, W)`` tensor; chips are fed as
     ``{"image": torchgeo_preprocess(chip)}``. Returns the timm backbone in eval
     mode: it maps a ``torchgeo_preprocess``-ed ``(B, 3, H, W)`` batch to pooled
     ``(B, 512)`` features.
     """
     seed_everything(seed, workers=True, verbose=False)
-    chips = load_chips(chip_dir, max_images=max_images, seed=seed)
+    chips = (
+        chip_source
+        if isinstance(chip_source, Tensor)
+        else load_chips(chip_source, max_images=max_images, seed=seed)
+    )
     loader = DataLoader(
         _ChipDataset(chips),
         batch_size=batch_size,
