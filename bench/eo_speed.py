@@ -124,7 +124,7 @@ def main() -> None:
 
     config = load_config("eo", "simclr", overrides={"data.path": str(args.data)})
     dataset = InMemoryChips(ChipFolder(args.data, 64), num_workers=2)
-    loader = train_loader(PretrainData(dataset, ["r", "g", "b"], stats, "bench"), config.data)
+    loader = train_loader(PretrainData(dataset, ["r", "g", "b"], stats, "bench", None), config.data)
     full, premade = pipeline_overhead(build_method([], band_stats), loader, args.steps)
     overhead = (full - premade) / premade
     lines += [

@@ -69,6 +69,10 @@ def pretrain(
     mpp: Annotated[
         float | None, typer.Option(help="Pathology: patch resolution in µm/px (0.5 ~ 20x).")
     ] = None,
+    magnification: Annotated[
+        float | None,
+        typer.Option(help="Pathology: objective magnification instead of --mpp (20 = 0.5 µm/px)."),
+    ] = None,
     backbone: Annotated[str | None, typer.Option(help="timm model name.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size per device.")] = None,
@@ -89,6 +93,8 @@ def pretrain(
     """Pretrain an encoder with self-supervised learning and export its backbone."""
     from domainssl.pretrain import pretrain as run_pretraining
 
+    if magnification is not None:
+        mpp = mpp_of_magnification(magnification, mpp)
     overrides = {
         "data.path": data,
         "data.mpp": mpp,
@@ -109,6 +115,16 @@ def pretrain(
         run_config = load_config(domain, method, config, overrides, set_)
     run_dir = run_pretraining(run_config, resume=resume)
     describe_run(run_dir)
+
+
+def mpp_of_magnification(magnification: float, mpp: float | None) -> float:
+    """µm/px of an objective magnification, by the usual convention 10 / magnification
+    (40x ~ 0.25 µm/px, 20x ~ 0.5 µm/px); scanners differ slightly, so --mpp is exact."""
+    if mpp is not None:
+        raise DomainSSLError("Give either --mpp or --magnification, not both.")
+    if magnification <= 0:
+        raise DomainSSLError(f"--magnification must be positive (e.g. 20), got {magnification}.")
+    return 10.0 / magnification
 
 
 def resumed_config(run_dir: Path, overrides: dict[str, Any], sets: list[str]) -> RunConfig:
@@ -148,13 +164,15 @@ def views(
     import torch
 
     from domainssl.data.datamodule import prepare_pretrain_data
+    from domainssl.stain_setup import StainSetup
     from domainssl.views.presets import Standardize, build_views
     from domainssl.views.render import save_view_grid
 
     run_config = load_config(domain, method, config, {"data.path": data}, set_)
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = prepare_pretrain_data(run_config.data, domain, Path(tmp), seed)
+        stain = StainSetup(run_config.data, Path(tmp))
+        prepared = prepare_pretrain_data(run_config.data, domain, Path(tmp), seed, stain)
     picks = torch.randperm(len(prepared.dataset))[:samples].tolist()  # type: ignore[arg-type]
     raw = torch.stack([prepared.dataset[i]["image"] for i in picks]).float()
     pipeline = build_views(run_config.views, prepared.stats.mean, prepared.stats.std)

@@ -45,6 +45,13 @@ class DataConfig(_Section):
     """Slides: resolution of level 0 when the slide does not record it."""
     tissue_threshold: float = 0.5
     """Slides: minimum tissue share of a patch."""
+    stain_norm: Literal["none", "macenko", "reinhard"] = "none"
+    """Pathology: stain normalization applied to every sample before the views (and by
+    transfer / infer, which read it from the export)."""
+    stain_reference: str | None = None
+    """Pathology: RGB image whose stain is the target; None = fit on the data set itself."""
+    stain_fit_samples: int = 64
+    """Pathology: patches fitted together when the target is the data set."""
     stats_samples: int = 2048
     """Samples used for the streaming per-band mean/std."""
     cache_in_memory_gb: float = 4.0

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from domainssl.errors import DomainSSLError
 from domainssl.io import atomic_write, atomic_write_text
 from domainssl.models.backbones import create_backbone
+from domainssl.views.presets import Standardize
+from domainssl.views.stain import PixelStainNormalization
 
 WEIGHTS, METADATA = "backbone.safetensors", "backbone.json"
 
@@ -34,6 +38,10 @@ class BackboneMeta:
     domain: str
     data_source: str
     config: dict[str, Any]
+    mpp: float | None = None
+    """Pathology: microns per pixel of the pretraining samples (None when unknown)."""
+    stain_norm: dict[str, Any] | None = None
+    """Pathology: the fitted stain normalization applied before ``mean``/``std``."""
 
 
 def export_backbone(backbone: nn.Module, meta: BackboneMeta, run_dir: Path) -> None:
@@ -55,3 +63,25 @@ def load_backbone(run_dir: Path) -> tuple[nn.Module, BackboneMeta]:
     backbone = create_backbone(meta.timm_name, meta.in_chans, meta.small_input)
     backbone.load_state_dict(load_file(str(weights)))
     return backbone.eval(), meta
+
+
+def preprocess(meta: BackboneMeta, images: torch.Tensor) -> torch.Tensor:
+    """Raw pixels (B, C, H, W) as pretraining fed them to the backbone: the recorded stain
+    normalization (if any), then per-band standardization."""
+    images = images.float()
+    if meta.stain_norm is not None:
+        images = PixelStainNormalization(meta.stain_norm)(images)
+    return Standardize(meta.mean, meta.std).to(images.device)(images)
+
+
+def check_resolution(meta: BackboneMeta, input_mpp: float | None, what: str) -> None:
+    """Warn when ``what`` is at another resolution (µm/px) than the backbone was pretrained."""
+    if meta.mpp is None or input_mpp is None:
+        return
+    if abs(input_mpp - meta.mpp) > 0.05 * meta.mpp:
+        warnings.warn(
+            f"{what} is at {input_mpp:.3g} µm/px but the backbone was pretrained at "
+            f"{meta.mpp:.3g} µm/px: features may not transfer. Read it at {meta.mpp:.3g} µm/px "
+            f"(--mpp {meta.mpp:.3g}) to match.",
+            stacklevel=2,
+        )

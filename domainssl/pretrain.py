@@ -22,6 +22,7 @@ from domainssl.export import BackboneMeta, export_backbone
 from domainssl.io import atomic_write, atomic_write_text
 from domainssl.methods import METHODS
 from domainssl.runinfo import write_run_info
+from domainssl.stain_setup import StainSetup
 
 RUN_DIR_ENV = "DOMAINSSL_RUN_DIR"  # shared with the DDP worker processes Lightning starts
 SESSION_LOGS = "logs"
@@ -122,7 +123,10 @@ def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool =
     write_run_info(run_dir)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     try:
-        data = prepare_pretrain_data(config.data, config.domain, run_dir, config.trainer.seed)
+        stain = StainSetup(config.data, run_dir)
+        data = prepare_pretrain_data(
+            config.data, config.domain, run_dir, config.trainer.seed, preprocess=stain
+        )
     except DomainSSLError:
         if is_new:  # bad data: leave no empty run folder behind
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -158,6 +162,8 @@ def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool =
             domain=config.domain,
             data_source=data.source,
             config=config.model_dump(mode="json"),
+            mpp=data.mpp,
+            stain_norm=stain.state,
         )
         export_backbone(method.backbone, meta, run_dir)
     return run_dir

@@ -27,19 +27,33 @@ def test_pathology_run_on_a_slide_folder(tmp_path: Path) -> None:
         str(tmp_path),
         "--name",
         "p",
-        "--mpp",
-        "1.0",
+        "--magnification",
+        "10",  # = 1.0 µm/px
         *[f"--set={s}" for s in FAST],
         "--set=data.samples_per_epoch=16",
+        "--set=data.stain_norm=macenko",
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     run = tmp_path / "p"
+    fitted = json.loads((run / "stain_norm.json").read_text())
+    assert fitted["method"] == "macenko" and fitted["fitted_on"] == "the data set"
     assert len(list((run / "tissue_grids").glob("*.json"))) == 2
     grid = json.loads(next((run / "tissue_grids").glob("*.json")).read_text())
     assert grid["mpp"] == 1.0 and grid["slide_mpp"] == 0.25
     meta = json.loads((run / "backbone.json").read_text())
     assert meta["domain"] == "pathology" and meta["band_names"] == ["red", "green", "blue"]
+    assert meta["mpp"] == 1.0 and meta["stain_norm"] == fitted
+    assert (
+        "macenko stain normalization" in json.loads((run / "band_stats.json").read_text())["source"]
+    )
+
+
+def test_mpp_and_magnification_together_is_an_error() -> None:
+    result = runner.invoke(
+        app, ["pretrain", "--domain", "pathology", "--mpp", "0.5", "--magnification", "20"]
+    )
+    assert result.exit_code == 2 and "either --mpp or --magnification" in result.output
 
 
 def test_tissue_free_slides_stop_with_exit_2(tmp_path: Path) -> None:

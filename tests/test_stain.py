@@ -1,14 +1,18 @@
 """Stain views: HED jitter identity and range, Macenko recovers constructed stain vectors."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from domainssl.views.stain import (
     MacenkoNormalizer,
+    PixelStainNormalization,
     ReinhardNormalizer,
+    fit_stain_normalizer,
     hed_jitter,
     macenko_stains,
     od_to_rgb,
+    stain_normalizer_from_state,
 )
 
 H_STAIN = F.normalize(torch.tensor([0.65, 0.70, 0.29]), dim=0)
@@ -25,7 +29,7 @@ def constructed_image(seed: int = 0, size: int = 48) -> torch.Tensor:
 
 
 def test_hed_jitter_zero_strength_is_identity() -> None:
-    images = torch.rand(3, 3, 16, 16)
+    images = torch.rand(3, 3, 16, 16).clamp(min=1 / 255)  # OD is capped below one 8-bit step
     assert torch.allclose(hed_jitter(images, 0.0, 0.0), images, atol=1e-5)
 
 
@@ -63,3 +67,23 @@ def test_reinhard_matches_reference_lab_statistics() -> None:
     normalizer = ReinhardNormalizer.fit(reference)
     lab = rgb_to_lab(normalizer(image[None]))[0].reshape(3, -1)
     assert torch.allclose(lab.mean(dim=1), normalizer.mean, atol=0.5)
+
+
+def test_stain_normalizer_state_round_trip_and_fit_on_several_patches() -> None:
+    patches = torch.stack([constructed_image(), constructed_image().flip(-1)])
+    for method in ("macenko", "reinhard"):
+        fitted = fit_stain_normalizer(method, patches)
+        rebuilt = stain_normalizer_from_state(fitted.state())
+        assert torch.allclose(rebuilt(patches), fitted(patches))
+    with pytest.raises(ValueError, match="too few stained pixels"):
+        fit_stain_normalizer("macenko", torch.ones(2, 3, 8, 8))
+
+
+def test_pixel_stain_normalization_works_on_8_bit_range() -> None:
+    image = constructed_image()[None]
+    state = {**fit_stain_normalizer("reinhard", image).state(), "fitted_on": "x"}
+    normalize = PixelStainNormalization(state)
+    out = normalize((image * 255).round().to(torch.uint8))
+    assert out.dtype == torch.float32 and out.min() >= 0 and out.max() <= 255
+    assert torch.allclose(out / 255, normalize.normalizer(image), atol=0.02)
+    assert repr(normalize) == "reinhard stain normalization fitted on x"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from domainssl.config import DataConfig
 from domainssl.data.eo import SceneWindows, list_scenes
-from domainssl.data.folder import ChipFolder, InMemoryChips
+from domainssl.data.folder import ChipFolder, ImageTransform, InMemoryChips, apply_transform
 from domainssl.data.imageio import RGB_NAMES
 from domainssl.data.pathology import SlidePatches, is_slide, list_slides, open_slide_grids
 from domainssl.data.stats import BandStats, compute_band_stats
@@ -31,6 +32,8 @@ class PretrainData:
     band_names: list[str]
     stats: BandStats
     source: str
+    mpp: float | None
+    """Microns per pixel of the samples, when known (slides at ``data.mpp``)."""
 
     @property
     def in_chans(self) -> int:
@@ -99,21 +102,34 @@ def build_dataset(
 
 
 def prepare_pretrain_data(
-    config: DataConfig, domain: str, run_dir: Path, seed: int = 0
+    config: DataConfig,
+    domain: str,
+    run_dir: Path,
+    seed: int = 0,
+    preprocess: Callable[[Dataset], ImageTransform | None] | None = None,
 ) -> PretrainData:
-    """Build the dataset and load (or compute and cache) its per-band stats."""
+    """Build the dataset and load (or compute and cache) its per-band stats.
+
+    ``preprocess``, given the dataset, returns a deterministic per-image step (such as
+    stain normalization) applied to every sample before the stats and the views.
+    """
     path = resolve_data_path(config, domain)
     dataset, band_names = build_dataset(config, path, domain, run_dir)
+    transform = preprocess(dataset) if preprocess is not None else None
+    if transform is not None:
+        dataset = apply_transform(dataset, transform)
     channels = _channels(dataset)
     if len(band_names) != channels:
         raise DomainSSLError(f"data.bands names {len(band_names)} bands but {path} has {channels}.")
     stats_file = run_dir / "band_stats.json"
-    if stats_file.is_file() and BandStats.load(stats_file).source == str(path):
+    source = str(path) if transform is None else f"{path} (preprocessed: {transform})"
+    if stats_file.is_file() and BandStats.load(stats_file).source == source:
         stats = BandStats.load(stats_file)
     else:
-        stats = compute_band_stats(dataset, config.stats_samples, str(path), seed=seed)
+        stats = compute_band_stats(dataset, config.stats_samples, source, seed=seed)
         stats.save(stats_file)
-    return PretrainData(dataset, band_names, stats, str(path))
+    mpp = config.mpp if detect_kind(path, config.kind, domain) == "slides" else None
+    return PretrainData(dataset, band_names, stats, str(path), mpp)
 
 
 def _channels(dataset: Dataset) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,35 @@ class InMemoryChips(Dataset[Sample]):
 
     def __getitem__(self, index: int) -> Sample:
         return {"image": self.images[index], "label": int(self.labels[index])}
+
+
+ImageTransform = Callable[[torch.Tensor], torch.Tensor]
+"""A deterministic per-image preprocessing step on a (B, C, H, W) batch."""
+
+
+class TransformedImages(Dataset[Sample]):
+    """Applies an :data:`ImageTransform` to each sample's image as it is read."""
+
+    def __init__(self, source: Dataset[Sample], transform: ImageTransform) -> None:
+        self.source, self.transform = source, transform
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = dict(self.source[index])
+        sample["image"] = self.transform(sample["image"][None])[0]
+        return sample
+
+
+def apply_transform(dataset: Dataset[Sample], transform: ImageTransform) -> Dataset[Sample]:
+    """In-memory chips are transformed once (kept uint8 when they were); others on read."""
+    if not isinstance(dataset, InMemoryChips):
+        return TransformedImages(dataset, transform)
+    images = dataset.images
+    chunks = [transform(images[i : i + 256]) for i in range(0, len(images), 256)]
+    transformed = torch.cat(chunks)
+    if images.dtype == torch.uint8:
+        transformed = transformed.round().clamp(0, 255).to(torch.uint8)
+    dataset.images = transformed
+    return dataset

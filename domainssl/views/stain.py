@@ -7,6 +7,8 @@ concentration; Macenko et al. (2009) and Reinhard et al. (2001) normalize stain 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from kornia.color import lab_to_rgb, rgb_to_lab
 
@@ -15,7 +17,7 @@ RGB_FROM_HED = torch.tensor(
     [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64
 )
 RGB_FROM_HED = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
-MIN_INTENSITY = 1e-6
+MIN_INTENSITY = 1 / 255  # darker than one 8-bit step is noise, not stain (OD capped at 5.5)
 
 
 def rgb_to_od(images: torch.Tensor) -> torch.Tensor:
@@ -102,12 +104,14 @@ class MacenkoNormalizer:
                 continue
             concentrations = macenko_concentrations(image, stains)
             scale = self.max_concentrations.double() / torch.quantile(concentrations, 0.99, dim=1)
-            od = self.stains.double().T @ (concentrations * scale[:, None])  # (3, N)
+            concentrations = (concentrations * scale[:, None]).clamp(min=0)  # no negative stain
+            od = self.stains.double().T @ concentrations  # (3, N)
             out[i] = od_to_rgb(od.reshape(image.shape)).to(images.dtype)
         return out
 
-    def state(self) -> dict[str, list]:
+    def state(self) -> dict[str, Any]:
         return {
+            "method": "macenko",
             "stains": self.stains.tolist(),
             "max_concentrations": self.max_concentrations.tolist(),
         }
@@ -132,5 +136,47 @@ class ReinhardNormalizer:
         target_std = self.std.to(images)[None, :, None, None]
         return lab_to_rgb((lab - mean) / std * target_std + target_mean).clamp(0, 1)
 
-    def state(self) -> dict[str, list]:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+    def state(self) -> dict[str, Any]:
+        return {"method": "reinhard", "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+
+StainNormalizer = MacenkoNormalizer | ReinhardNormalizer
+NORMALIZERS: dict[str, type[MacenkoNormalizer] | type[ReinhardNormalizer]] = {
+    "macenko": MacenkoNormalizer,
+    "reinhard": ReinhardNormalizer,
+}
+
+
+def fit_stain_normalizer(method: str, images: torch.Tensor) -> StainNormalizer:
+    """Fit ``method`` on RGB images (N, 3, H, W) in [0, 1], taken together as one reference.
+
+    With several tissue patches of a data set this gives the data set's stain; with one
+    patch, that patch's. Raises ``ValueError`` when the images hold too little stain.
+    """
+    reference = torch.cat(list(images), dim=2)  # (3, H, N * W): the patches side by side
+    return NORMALIZERS[method].fit(reference)
+
+
+def stain_normalizer_from_state(state: dict[str, Any]) -> StainNormalizer:
+    """Rebuild a normalizer from its ``state()`` (as stored in an export)."""
+    if state["method"] == "macenko":
+        stains, peaks = state["stains"], state["max_concentrations"]
+        return MacenkoNormalizer(torch.tensor(stains), torch.tensor(peaks))
+    return ReinhardNormalizer(torch.tensor(state["mean"]), torch.tensor(state["std"]))
+
+
+class PixelStainNormalization:
+    """Stain normalization of 8-bit-range RGB (B, 3, H, W) (uint8 or float 0..255) to float.
+
+    ``state`` is the normalizer's :meth:`state` plus ``fitted_on`` (what it was fitted on).
+    """
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+        self.normalizer = stain_normalizer_from_state(state)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.normalizer(images.float() / 255.0) * 255.0
+
+    def __repr__(self) -> str:
+        return f"{self.state['method']} stain normalization fitted on {self.state['fitted_on']}"
