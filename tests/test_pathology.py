@@ -1,6 +1,8 @@
 """Whole-slide loading: tissue detection, patch grid at a target resolution, bad slides."""
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 import openslide
@@ -10,6 +12,7 @@ from fixtures import TISSUE_RGB, write_slide
 
 from domainssl.data.pathology import (
     SlidePatches,
+    best_level,
     build_grid,
     cached_grid,
     list_slides,
@@ -81,6 +84,16 @@ def test_missing_resolution_asks_for_it(tmp_path: Path) -> None:
     with pytest.raises(DomainSSLError, match=r"no resolution metadata.*data\.slide_mpp"):
         build_grid(slide, 64, 1.0, 0.5, slide_mpp=None)
     assert build_grid(slide, 64, 1.0, 0.5, slide_mpp=0.25).coords
+    recorded = write_slide(tmp_path / "recorded.tif", mpp=0.5, tissue=TISSUE)
+    assert build_grid(recorded, 64, 1.0, 0.5, slide_mpp=0.25).slide_mpp == pytest.approx(0.5)
+
+
+def test_best_level_tolerates_rounded_level_sizes() -> None:
+    slide = cast(openslide.OpenSlide, SimpleNamespace(level_downsamples=(1.0, 2.0005, 8.004)))
+    assert best_level(slide, 2.0) == 1  # OpenSlide's own choice would be level 0
+    assert best_level(slide, 4.0) == 1
+    assert best_level(slide, 1.5) == 0
+    assert best_level(slide, 8.0) == 2
 
 
 def test_bad_and_empty_slides_are_reported_and_skipped(tmp_path: Path) -> None:

@@ -76,11 +76,11 @@ def is_slide(path: Path) -> bool:
         return False
 
 
-def slide_resolution(slide: openslide.OpenSlide, path: Path, override: float | None) -> float:
-    """Microns per pixel of level 0, from the slide or ``override``."""
-    if override is not None:
-        return override
+def slide_resolution(slide: openslide.OpenSlide, path: Path, fallback: float | None) -> float:
+    """Microns per pixel of level 0 as the slide records it, else ``fallback``."""
     value = slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
+    if value is None and fallback is not None:
+        return fallback
     if value is None:
         raise DomainSSLError(
             f"{path} has no resolution metadata (microns per pixel). Pass the resolution of "
@@ -133,10 +133,18 @@ def cached_grid(
     return grid
 
 
+def best_level(slide: openslide.OpenSlide, downsample: float) -> int:
+    """The coarsest level at least as fine as ``downsample``, with 1% tolerance: level
+    sizes are rounded, so a "2x" level is often 2.0005x and OpenSlide's own
+    ``get_best_level_for_downsample(2.0)`` would fall back to level 0 (4x the pixels)."""
+    fine_enough = [i for i, d in enumerate(slide.level_downsamples) if d <= downsample * 1.01]
+    return max(fine_enough, key=lambda i: slide.level_downsamples[i], default=0)
+
+
 def read_patch(slide: openslide.OpenSlide, grid: SlideGrid, x: int, y: int) -> np.ndarray:
     """One (3, P, P) uint8 patch: read at the best pyramid level, resized to P."""
     size0 = grid.level0_size
-    level = slide.get_best_level_for_downsample(size0 / grid.patch_size)
+    level = best_level(slide, size0 / grid.patch_size)
     size = max(round(size0 / slide.level_downsamples[level]), 1)
     region = slide.read_region((x, y), level, (size, size)).convert("RGB")
     if size != grid.patch_size:
