@@ -115,3 +115,30 @@ def write_slide(
                 resolutionunit="CENTIMETER" if per_cm else None,
             )
     return path
+
+
+def write_segmentation_folder(
+    root: Path,
+    count: int = 6,
+    size: int = 64,
+    bands: int = 3,
+    mask_fmt: str = "png",
+    seed: int = 0,
+) -> Path:
+    """``root/images/img_i.tif`` (uint16, noisy background) + ``root/masks/img_i.<mask_fmt>``:
+    a bright square of random size and place is class 1, stored as 0/255."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        side = int(rng.integers(size // 4, size // 2))
+        top, left = rng.integers(0, size - side, 2)
+        mask = np.zeros((size, size), np.uint8)
+        mask[top : top + side, left : left + side] = 255
+        image = rng.normal(1000, 150, (bands, size, size)) + 1500 * (mask > 0)
+        write_geotiff(root / "images" / f"img_{i}.tif", image.clip(0, 65535).astype(np.uint16))
+        mask_path = root / "masks" / f"img_{i}.{mask_fmt}"
+        if mask_fmt == "tif":
+            write_geotiff(mask_path, mask[None])
+        else:
+            mask_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask).save(mask_path)
+    return root

@@ -1,0 +1,140 @@
+"""`domainssl transfer --task segment`: train a decoder on the backbone, evaluate, report."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from domainssl.errors import DomainSSLError
+from domainssl.export import WEIGHTS, BackboneMeta, load_backbone
+from domainssl.io import atomic_write, atomic_write_text
+from domainssl.transfer.classify import MODEL_METADATA, MODEL_WEIGHTS
+from domainssl.transfer.seg_data import SegmentationData, load_segmentation_data
+from domainssl.transfer.seg_model import Segmenter, build_segmenter
+from domainssl.transfer.seg_overlays import save_overlays
+from domainssl.transfer.segment import SegmentTrainConfig, evaluate_segmenter, fit_segmenter
+
+
+@dataclass
+class SegmentSettings:
+    """How to transfer to segmentation."""
+
+    baseline: Literal["pretrained", "random"] = "pretrained"
+    train: SegmentTrainConfig = field(default_factory=SegmentTrainConfig)
+    device: str = "cpu"
+    overlays: int = 4
+
+
+def transfer_segment(
+    run_dir: Path, data_path: Path, out_dir: Path, settings: SegmentSettings
+) -> dict[str, Any]:
+    """Fit a UNet-style decoder (and, unless frozen, the encoder) on the backbone of
+    ``run_dir``; evaluate whole test images tile by tile; write model, metrics, report."""
+    start = time.monotonic()
+    torch.manual_seed(settings.train.seed)
+    _, meta = load_backbone(run_dir)  # checks the export and reads its metadata
+    encoder_state = None if settings.baseline == "random" else load_file(str(run_dir / WEIGHTS))
+    data = load_segmentation_data(data_path, meta.in_chans, seed=settings.train.seed)
+    model = build_segmenter(meta, data.encoding.num_classes, encoder_state)
+    summary = fit_segmenter(model, meta, data.train, settings.train, settings.device)
+    scores = evaluate_segmenter(model, meta, data.test, settings.train.tile, settings.device)
+    metrics: dict[str, Any] = {
+        **asdict(scores),
+        "mean_dice": _mean(scores.per_class_dice),
+        "baseline": settings.baseline,
+        "frozen_encoder": settings.train.freeze_encoder,
+        "epochs_run": len(summary.epoch_losses),
+        "stopped_by_time": summary.stopped_by_time,
+        "test_images": len(data.test),
+        "seconds": round(time.monotonic() - start, 1),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(out_dir / MODEL_WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+    info = {
+        "task": "segment",
+        "num_classes": data.encoding.num_classes,
+        "encoding": asdict(data.encoding),
+        "tile": settings.train.tile,
+        "settings": asdict(settings),
+        "pretrain_run": str(run_dir),
+        "backbone": asdict(meta),
+    }
+    atomic_write_text(out_dir / MODEL_METADATA, json.dumps(info, indent=2))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out_dir / "split.json", json.dumps(_split_files(data), indent=2))
+    overlays = save_overlays(
+        model, meta, data.test, out_dir / "overlays", settings.train.tile, settings.overlays,
+        settings.device,
+    )  # fmt: skip
+    _write_report(out_dir / "report.md", metrics, run_dir, data_path, overlays, out_dir)
+    return metrics
+
+
+def load_segmenter(model_dir: Path) -> tuple[Segmenter, BackboneMeta, dict[str, Any]]:
+    """A segmentation transfer folder as (model in eval mode, backbone metadata, model.json)."""
+    weights, metadata = model_dir / MODEL_WEIGHTS, model_dir / MODEL_METADATA
+    if not (weights.is_file() and metadata.is_file()):
+        raise DomainSSLError(
+            f"{model_dir} holds no transferred model ({MODEL_WEIGHTS} + {MODEL_METADATA}): "
+            "give the output folder of `domainssl transfer --task segment`."
+        )
+    info = json.loads(metadata.read_text())
+    meta = BackboneMeta(**info["backbone"])
+    model = build_segmenter(meta, info["num_classes"], None)
+    model.load_state_dict(load_file(str(weights)))
+    return model.eval(), meta, info
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _split_files(data: SegmentationData) -> dict[str, list[str]]:
+    parts = {"train": data.train, "val": data.val, "test": data.test}
+    return {name: [str(p.image) for p in part.pairs] for name, part in parts.items()}
+
+
+def _write_report(
+    out: Path,
+    metrics: dict[str, Any],
+    run_dir: Path,
+    data_path: Path,
+    overlays: list[Path],
+    out_dir: Path,
+) -> None:
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    encoder = "frozen" if metrics["frozen_encoder"] else "fine-tuned"
+    lines = [
+        f"# Segmentation transfer ({metrics['baseline']} backbone, {encoder} encoder)",
+        "",
+        f"- Test: mIoU **{metrics['miou']:.4f}**, mean Dice {fmt(metrics['mean_dice'])}, pixel "
+        f"accuracy {metrics['pixel_accuracy']:.4f} over {metrics['test_images']} whole images "
+        "(tiled prediction; ignored pixels left out).",
+        f"- Backbone: `{run_dir}`; data: `{data_path}` (split in split.json).",
+        f"- {metrics['epochs_run']} epochs"
+        + (" (stopped by the time budget)" if metrics["stopped_by_time"] else "")
+        + f", {metrics['seconds']} s.",
+        "",
+        "| class | IoU | Dice |",
+        "|---|---|---|",
+        *(
+            f"| {k} | {fmt(iou)} | {fmt(dice)} |"
+            for k, (iou, dice) in enumerate(
+                zip(metrics["per_class_iou"], metrics["per_class_dice"], strict=True)
+            )
+        ),
+        "",
+        *(f"![{p.stem}]({p.relative_to(out_dir)})" for p in overlays),
+        "",
+    ]
+    atomic_write_text(out, "\n".join(lines))

@@ -1,0 +1,220 @@
+"""Semantic segmentation on a pretrained backbone: fine-tuning on random tiles, prediction
+and evaluation over whole images tile by tile."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from domainssl.export import BackboneMeta, preprocess
+from domainssl.transfer.seg_data import Sample, SegmentationSet
+from domainssl.transfer.seg_metrics import (
+    SegmentationMetrics,
+    confusion_matrix,
+    metrics_from_confusion,
+)
+from domainssl.transfer.seg_model import Segmenter
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The given device, else the GPU when there is one, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def random_tile(
+    image: torch.Tensor, mask: torch.Tensor, tile: int, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random ``tile`` px crop with random flips / 90-degree turns; small images are padded
+    (0 in the image, ``ignore_index`` in the mask)."""
+    height, width = mask.shape
+    pad_h, pad_w = max(tile - height, 0), max(tile - width, 0)
+    image = F.pad(image, (0, pad_w, 0, pad_h), value=0.0)  # (C, >=tile, >=tile)
+    mask = F.pad(mask, (0, pad_w, 0, pad_h), value=ignore_index)  # (>=tile, >=tile)
+    top = int(torch.randint(mask.shape[0] - tile + 1, ()))
+    left = int(torch.randint(mask.shape[1] - tile + 1, ()))
+    image = image[:, top : top + tile, left : left + tile]  # (C, tile, tile)
+    mask = mask[top : top + tile, left : left + tile]  # (tile, tile)
+    if torch.rand(()) < 0.5:
+        image, mask = image.flip(-1), mask.flip(-1)
+    turns = int(torch.randint(4, ()))  # overhead and slide imagery have no "up"
+    return image.rot90(turns, (-2, -1)), mask.rot90(turns, (-2, -1))
+
+
+class TrainingTiles(Dataset[Sample]):
+    """One random augmented tile per image of ``source`` per epoch."""
+
+    def __init__(self, source: SegmentationSet, tile: int) -> None:
+        self.source, self.tile = source, tile
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.source[index]
+        ignore = self.source.encoding.ignore_index
+        image, mask = random_tile(sample["image"], sample["mask"], self.tile, ignore)
+        return {"image": image.contiguous(), "mask": mask.contiguous()}
+
+
+@dataclass
+class SegmentTrainConfig:
+    """Fine-tuning settings; the ignore index comes from the data set's label encoding."""
+
+    tile: int = 256
+    epochs: int = 20
+    max_time_s: float | None = None
+    """Stop after the step that crosses this wall time (the model stays usable)."""
+    batch_size: int = 8
+    lr: float = 1e-3
+    encoder_lr_scale: float = 0.1
+    """The pretrained encoder learns at ``lr`` times this (the new decoder at ``lr``)."""
+    freeze_encoder: bool = False
+    weight_decay: float = 1e-4
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class FitSummary:
+    """Mean loss per epoch run, optimizer steps taken, whether the time limit ended it."""
+
+    epoch_losses: list[float]
+    steps: int
+    stopped_by_time: bool
+
+
+def _optimizer(model: Segmenter, config: SegmentTrainConfig) -> torch.optim.Optimizer:
+    """AdamW: the decoder at ``lr``, the encoder at ``lr * encoder_lr_scale`` or frozen."""
+    encoder = list(model.encoder.parameters())
+    encoder_ids = {id(p) for p in encoder}
+    decoder = [p for p in model.parameters() if id(p) not in encoder_ids]
+    groups: list[dict[str, Any]] = [{"params": decoder}]
+    if not config.freeze_encoder:
+        groups.append({"params": encoder, "lr": config.lr * config.encoder_lr_scale})
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def fit_segmenter(
+    model: Segmenter,
+    meta: BackboneMeta,
+    train_set: SegmentationSet,
+    config: SegmentTrainConfig,
+    device: str | torch.device | None = None,
+) -> FitSummary:
+    """Cross-entropy fine-tuning on random augmented tiles (ignored pixels excluded)."""
+    target = resolve_device(device)
+    torch.manual_seed(config.seed)
+    model.to(target).encoder.requires_grad_(not config.freeze_encoder)
+    optimizer = _optimizer(model, config)
+    tiles = TrainingTiles(train_set, config.tile)
+    loader = DataLoader(
+        tiles,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=len(tiles) > config.batch_size,  # no 1-sample batch for BatchNorm
+        num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(config.seed),
+        pin_memory=target.type == "cuda",
+    )
+    ignore = train_set.encoding.ignore_index
+    start, steps, losses = time.monotonic(), 0, []
+    for _ in range(config.epochs):
+        model.train()
+        if config.freeze_encoder:
+            model.encoder.eval()  # keep the pretrained BatchNorm statistics
+        total, batches, out_of_time = 0.0, 0, False
+        for batch in loader:
+            masks = batch["mask"].to(target, non_blocking=True)  # (B, T, T)
+            if not bool((masks != ignore).any()):
+                continue
+            images = preprocess(meta, batch["image"].to(target, non_blocking=True))  # (B, C, T, T)
+            loss = F.cross_entropy(model(images), masks, ignore_index=ignore)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, batches, steps = total + float(loss.detach()), batches + 1, steps + 1
+            out_of_time = config.max_time_s is not None and (
+                time.monotonic() - start > config.max_time_s
+            )
+            if out_of_time:
+                break
+        losses.append(total / batches if batches else float("nan"))
+        if out_of_time:
+            return FitSummary(losses, steps, stopped_by_time=True)
+    return FitSummary(losses, steps, stopped_by_time=False)
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Window offsets along one axis of ``length`` >= ``tile``; the last one ends at the border."""
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    meta: BackboneMeta,
+    image: torch.Tensor,
+    tile: int,
+    stride: int | None = None,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Logits (K, H, W) of a whole raw image (C, H, W), averaged over overlapping tiles.
+
+    Tiles step by ``stride`` (default ``tile // 2``), the last tile of a row/column is
+    aligned to the border; an image smaller than a tile is padded as in training.
+    The model is left in eval mode.
+    """
+    target = resolve_device(device)
+    model.eval().to(target)
+    height, width = image.shape[-2:]
+    padded = F.pad(image, (0, max(tile - width, 0), 0, max(tile - height, 0)))  # (C, Hp, Wp)
+    normalized = preprocess(meta, padded[None].to(target))[0]  # (C, Hp, Wp)
+    step = stride or max(tile // 2, 1)
+    windows = [
+        (top, left)
+        for top in tile_starts(normalized.shape[1], tile, step)
+        for left in tile_starts(normalized.shape[2], tile, step)
+    ]
+    sums: torch.Tensor | None = None
+    counts = torch.zeros(1, *normalized.shape[1:], device=target)  # (1, Hp, Wp)
+    for first in range(0, len(windows), batch_size):
+        chunk = windows[first : first + batch_size]
+        batch = torch.stack([normalized[:, t : t + tile, c : c + tile] for t, c in chunk])
+        logits = model(batch).float()  # (b, K, tile, tile)
+        if sums is None:
+            sums = torch.zeros(logits.shape[1], *normalized.shape[1:], device=target)
+        for (top, left), window in zip(chunk, logits, strict=True):
+            sums[:, top : top + tile, left : left + tile] += window
+            counts[:, top : top + tile, left : left + tile] += 1
+    assert sums is not None  # at least one window
+    return (sums / counts)[:, :height, :width].cpu()
+
+
+def evaluate_segmenter(
+    model: nn.Module,
+    meta: BackboneMeta,
+    test_set: SegmentationSet,
+    tile: int,
+    device: str | torch.device | None = None,
+) -> SegmentationMetrics:
+    """Scores over every whole test image (tiled prediction), ignored pixels left out."""
+    classes, ignore = test_set.encoding.num_classes, test_set.encoding.ignore_index
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    for index in range(len(test_set)):
+        sample = test_set[index]
+        prediction = predict_logits(model, meta, sample["image"], tile, device=device).argmax(0)
+        confusion += confusion_matrix(sample["mask"].numpy(), prediction.numpy(), classes, ignore)
+    return metrics_from_confusion(confusion)
