@@ -6,7 +6,7 @@ import functools
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
@@ -180,3 +180,73 @@ def views(
     augmented = [pipeline(raw) for _ in range(count)]
     save_view_grid(originals, augmented, prepared.band_names, out)
     typer.echo(f"Wrote {out}: {len(picks)} samples (rows), original + {count} views each.")
+
+
+Task = Literal["classify", "segment"]
+Protocol = Literal["linear", "knn", "finetune"]
+
+
+@app.command()
+@user_errors
+def transfer(
+    run_dir: Annotated[Path, typer.Argument(help="Folder of a finished `domainssl pretrain`.")],
+    data: Annotated[Path, typer.Option(help="Labeled data (class folders, CSV, train/test).")],
+    task: Annotated[Task, typer.Option(help="classify or segment.")] = "classify",
+    protocol: Annotated[
+        Protocol,
+        typer.Option(help="linear (frozen backbone), knn (classify only), or finetune."),
+    ] = "linear",
+    baseline: Annotated[
+        Literal["pretrained", "random"],
+        typer.Option(help="random: same protocol on a randomly initialised backbone."),
+    ] = "pretrained",
+    epochs: Annotated[int, typer.Option(help="Training epochs (fine-tune / segmentation).")] = 10,
+    max_time: Annotated[
+        str | None, typer.Option(help="Fine-tune budget HH:MM:SS; the best model so far is kept.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="Learning rate of the new head / decoder.")] = 1e-3,
+    tile: Annotated[int, typer.Option(help="Segmentation: training / prediction tile (px).")] = 256,
+    accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and training.")] = 0,
+) -> None:
+    """Transfer a pretrained backbone to labeled data and write model, metrics and report."""
+    from domainssl.config import parse_duration
+    from domainssl.transfer.classify import ClassifySettings, transfer_classify
+    from domainssl.transfer.finetune import FinetuneConfig
+    from domainssl.transfer.seg_transfer import SegmentSettings, transfer_segment
+    from domainssl.transfer.segment import SegmentTrainConfig
+
+    seconds = parse_duration(max_time) if max_time is not None else None
+    device = pick_device(accelerator)
+    suffix = "-random" if baseline == "random" else ""
+    out_dir = out or run_dir.parent / f"{run_dir.name}-{task}-{protocol}{suffix}"
+    if task == "segment":
+        if protocol == "knn":
+            raise DomainSSLError("--protocol knn is for classification: use linear or finetune.")
+        frozen = protocol == "linear"
+        training = SegmentTrainConfig(
+            tile, epochs, seconds, batch_size, lr, freeze_encoder=frozen, seed=seed
+        )
+        metrics = transfer_segment(
+            run_dir, data, out_dir, SegmentSettings(baseline, training, device)
+        )
+        typer.echo(f"Test mIoU {metrics['miou']:.4f}; wrote {out_dir} (read report.md first).")
+        return
+    tuning = FinetuneConfig(epochs, seconds, batch_size, lr, seed=seed)
+    settings = ClassifySettings(protocol, baseline, finetune=tuning, device=device, seed=seed)
+    metrics = transfer_classify(run_dir, data, out_dir, settings)
+    headline = "mAP" if "mAP" in metrics else "accuracy"
+    typer.echo(f"Test {headline} {metrics[headline]:.4f}; wrote {out_dir} (read report.md first).")
+
+
+def pick_device(accelerator: str) -> str:
+    """``cpu``, ``gpu`` (an error when there is none) or ``auto`` -> a torch device name."""
+    import torch
+
+    if accelerator not in ("cpu", "gpu", "auto"):
+        raise DomainSSLError(f"--accelerator must be cpu, gpu or auto, not {accelerator!r}.")
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise DomainSSLError("--accelerator gpu but no CUDA GPU is visible: use cpu or auto.")
+    return "cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu"

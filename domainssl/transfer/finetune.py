@@ -1,0 +1,113 @@
+"""Fine-tuning the whole network: a linear head on the backbone, lower backbone LR."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from domainssl.transfer.cls_metrics import score
+from domainssl.transfer.knn import KNNHead
+from domainssl.transfer.labeled import LabeledSet
+
+
+@dataclass
+class FinetuneConfig:
+    """Optimisation of a fine-tune (AdamW, cosine decay, flips and 90-degree rotations)."""
+
+    epochs: int = 10
+    max_time_s: float | None = None
+    """Stop after this many seconds (the best model so far is kept and evaluated)."""
+    batch_size: int = 64
+    lr: float = 1e-3
+    backbone_lr_scale: float = 0.1
+    """The pretrained backbone learns this many times slower than the new head."""
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+class Classifier(nn.Module):
+    """Backbone + head on preprocessed images: what ``domainssl infer`` runs."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, multilabel: bool) -> None:
+        super().__init__()
+        self.backbone, self.head, self.multilabel = backbone, head, multilabel
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K) of a linear head; vote shares of a k-NN head."""
+        return self.head(self.backbone(images))
+
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, K): softmax, or per-class sigmoid for multi-label."""
+        outputs = self(images)
+        if isinstance(self.head, KNNHead):
+            return outputs
+        return outputs.sigmoid() if self.multilabel else outputs.softmax(dim=1)
+
+
+def flip_rotate(images: torch.Tensor) -> torch.Tensor:
+    """Random horizontal flip and 90-degree rotation per batch (square images)."""
+    if torch.rand(()) < 0.5:
+        images = images.flip(-1)
+    return torch.rot90(images, int(torch.randint(4, ())), dims=(-2, -1))
+
+
+def finetune(
+    model: Classifier, inputs: torch.Tensor, data: LabeledSet, config: FinetuneConfig
+) -> float:
+    """Train ``model`` on preprocessed ``inputs`` (N, C, S, S) of ``data``'s train part;
+    keeps the weights of the epoch with the best validation score and returns that score."""
+    torch.manual_seed(config.seed)
+    device = next(model.parameters()).device
+    groups = [
+        {"params": model.backbone.parameters(), "lr": config.lr * config.backbone_lr_scale},
+        {"params": model.head.parameters(), "lr": config.lr},
+    ]
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    train = torch.from_numpy(data.split.train)
+    steps_per_epoch = max(len(train) // config.batch_size, 1)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, config.epochs * steps_per_epoch
+    )
+    multilabel = data.multilabel
+    best = (-1.0, copy.deepcopy(model.state_dict()))
+    start = time.monotonic()
+    for _ in range(config.epochs):
+        model.train()
+        order = train[torch.randperm(len(train))]
+        for step in range(steps_per_epoch):
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            logits = model(flip_rotate(inputs[batch].to(device)))
+            target = data.targets[batch].to(device)
+            loss = (
+                F.binary_cross_entropy_with_logits(logits, target)
+                if multilabel
+                else F.cross_entropy(logits, target)
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        val_score = score(predict(model, inputs[data.split.val]), data.targets[data.split.val])
+        if val_score > best[0]:
+            best = (val_score, copy.deepcopy(model.state_dict()))
+        if config.max_time_s is not None and time.monotonic() - start > config.max_time_s:
+            break
+    model.load_state_dict(best[1])
+    return best[0]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Model outputs (N, K) on CPU, in eval mode."""
+    model.eval()
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    chunks = [
+        model(inputs[i : i + batch_size].to(device)).cpu()
+        for i in range(0, len(inputs), batch_size)
+    ]
+    return torch.cat(chunks)
