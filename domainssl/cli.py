@@ -250,3 +250,23 @@ def pick_device(accelerator: str) -> str:
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise DomainSSLError("--accelerator gpu but no CUDA GPU is visible: use cpu or auto.")
     return "cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu"
+
+
+@app.command()
+@user_errors
+def embed(
+    run_dir: Annotated[Path, typer.Argument(help="Folder of a finished `domainssl pretrain`.")],
+    data: Annotated[Path, typer.Option(help="Folder of images (class subfolders optional).")],
+    out: Annotated[Path, typer.Option(help="Parquet file to write.")] = Path("embeddings.parquet"),
+    map_png: Annotated[
+        Path | None, typer.Option("--map", help="Also write a 2-D t-SNE map (PNG).")
+    ] = None,
+    accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "auto",
+) -> None:
+    """Write the pooled embedding of every image (with path and label) to Parquet."""
+    from domainssl.transfer.embed import embed_folder
+
+    count = embed_folder(run_dir, data, out, map_png, pick_device(accelerator))
+    typer.echo(
+        f"Wrote {count} embeddings to {out}" + (f" and a map to {map_png}" if map_png else "")
+    )

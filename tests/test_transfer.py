@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
@@ -156,3 +157,20 @@ def test_segment_cli_writes_model_metrics_overlays_and_report(tmp_path: Path) ->
     model, meta, info = load_segmenter(out)
     assert info["task"] == "segment" and meta.in_chans == 3
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 2, 32, 32)
+
+
+def test_embed_writes_parquet_rows_matching_the_backbone_and_a_map(tmp_path: Path) -> None:
+    run = exported_run(tmp_path / "run")
+    data = write_chip_folder(tmp_path / "chips", per_class=5)
+    out, map_png = tmp_path / "emb.parquet", tmp_path / "map.png"
+    args = ["embed", str(run), "--data", str(data), "--out", str(out), "--map", str(map_png)]
+    result = runner.invoke(app, [*args, "--accelerator", "cpu"])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out).to_pydict()
+    assert len(table["path"]) == 10 and set(table["label"]) == {"class_0", "class_1"}
+    backbone, meta = load_backbone(run)
+    labeled = load_labeled(data, meta.input_size, meta.in_chans)
+    first = labeled.files.index(table["path"][0])
+    expected = embed(backbone, preprocess(meta, labeled.images[first : first + 1]))[0]
+    assert torch.allclose(torch.tensor(table["embedding"][0]), expected, atol=1e-4)
+    assert map_png.read_bytes()[:4] == b"\x89PNG"

@@ -161,9 +161,9 @@ def _stratify_key(targets: torch.Tensor) -> np.ndarray:
 
 def _seeded_split(targets: torch.Tensor, seed: int) -> ProbeSplit:
     key = _stratify_key(targets)
-    if np.bincount(key).min() < 5:
+    if np.bincount(key).min() < 3:
         raise DomainSSLError(
-            "Some class has fewer than 5 images: too few for a train/val/test split. Add "
+            "Some class has fewer than 3 images: too few for a train/val/test split. Add "
             "images or give train/ and test/ folders."
         )
     return stratified_split(key, seed=seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,11 +48,15 @@ class ProbeSplit:
 def stratified_split(
     labels: np.ndarray, test: float = 0.2, val: float = 0.1, seed: int = 0
 ) -> ProbeSplit:
-    """Test share first, then a validation share of the rest, stratified, fixed seed."""
+    """Test share first, then a validation share of the rest, stratified, fixed seed; each
+    part gets at least one image per class."""
     indices = np.arange(len(labels))
-    rest, test_idx = train_test_split(indices, test_size=test, stratify=labels, random_state=seed)
+    classes = len(np.unique(labels))
+    n_test = max(math.ceil(test * len(labels)), classes)  # ceil: as sklearn rounds shares
+    rest, test_idx = train_test_split(indices, test_size=n_test, stratify=labels, random_state=seed)
+    n_val = max(math.ceil(val / (1 - test) * len(rest)), classes)
     train_idx, val_idx = train_test_split(
-        rest, test_size=val / (1 - test), stratify=labels[rest], random_state=seed
+        rest, test_size=n_val, stratify=labels[rest], random_state=seed
     )
     return ProbeSplit(np.sort(train_idx), np.sort(val_idx), np.sort(test_idx))
 
