@@ -210,14 +210,20 @@ def transfer(
     accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "auto",
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and training.")] = 0,
+    mpp: Annotated[
+        float | None,
+        typer.Option(help="Pathology: µm/px of the labeled images; warns on a mismatch."),
+    ] = None,
 ) -> None:
     """Transfer a pretrained backbone to labeled data and write model, metrics and report."""
     from domainssl.config import parse_duration
+    from domainssl.export import check_resolution, read_meta
     from domainssl.transfer.classify import ClassifySettings, transfer_classify
     from domainssl.transfer.finetune import FinetuneConfig
     from domainssl.transfer.seg_transfer import SegmentSettings, transfer_segment
     from domainssl.transfer.segment import SegmentTrainConfig
 
+    check_resolution(read_meta(run_dir), mpp, str(data))
     seconds = parse_duration(max_time) if max_time is not None else None
     device = pick_device(accelerator)
     suffix = "-random" if baseline == "random" else ""

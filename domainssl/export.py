@@ -51,15 +51,21 @@ def export_backbone(backbone: nn.Module, meta: BackboneMeta, run_dir: Path) -> N
     atomic_write_text(run_dir / METADATA, json.dumps(meta.__dict__, indent=2))
 
 
-def load_backbone(run_dir: Path) -> tuple[nn.Module, BackboneMeta]:
-    """The exported backbone (eval mode) and its metadata."""
+def read_meta(run_dir: Path) -> BackboneMeta:
+    """The metadata of an exported backbone (a clear error when ``run_dir`` has none)."""
     weights, metadata = run_dir / WEIGHTS, run_dir / METADATA
     if not (weights.is_file() and metadata.is_file()):
         raise DomainSSLError(
             f"{run_dir} holds no exported backbone ({WEIGHTS} + {METADATA}): give the folder "
             "of a finished `domainssl pretrain` run."
         )
-    meta = BackboneMeta(**json.loads(metadata.read_text()))
+    return BackboneMeta(**json.loads(metadata.read_text()))
+
+
+def load_backbone(run_dir: Path) -> tuple[nn.Module, BackboneMeta]:
+    """The exported backbone (eval mode) and its metadata."""
+    meta = read_meta(run_dir)
+    weights = run_dir / WEIGHTS
     backbone = create_backbone(meta.timm_name, meta.in_chans, meta.small_input)
     backbone.load_state_dict(load_file(str(weights)))
     return backbone.eval(), meta

@@ -25,13 +25,13 @@ from domainssl.transfer.seg_transfer import load_segmenter
 runner = CliRunner()
 
 
-def exported_run(root: Path, bands: int = 4) -> Path:
+def exported_run(root: Path, bands: int = 4, mpp: float | None = None) -> Path:
     """A run folder with a (randomly initialised) exported resnet10t on ``bands`` bands."""
     torch.manual_seed(0)
     backbone = create_backbone("resnet10t", bands, True)
     meta = BackboneMeta(
         "resnet10t", True, bands, [f"B{i + 1}" for i in range(bands)], [1000.0] * bands,
-        [500.0] * bands, 512, 32, "simclr", "eo", "x", {},
+        [500.0] * bands, 512, 32, "simclr", "eo", "x", {}, mpp,
     )  # fmt: skip
     export_backbone(backbone, meta, root)
     return root
@@ -174,3 +174,11 @@ def test_embed_writes_parquet_rows_matching_the_backbone_and_a_map(tmp_path: Pat
     expected = embed(backbone, preprocess(meta, labeled.images[first : first + 1]))[0]
     assert torch.allclose(torch.tensor(table["embedding"][0]), expected, atol=1e-4)
     assert map_png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_transfer_warns_when_the_data_resolution_differs(tmp_path: Path) -> None:
+    run = exported_run(tmp_path / "run", bands=3, mpp=0.5)
+    data = write_chip_folder(tmp_path / "rgb", per_class=5, fmt="png")
+    with pytest.warns(UserWarning, match=r"0.25 µm/px but the backbone was pretrained at 0.5"):
+        result = runner.invoke(app, ["transfer", str(run), "--data", str(data), "--mpp", "0.25"])
+    assert result.exit_code == 0, result.output

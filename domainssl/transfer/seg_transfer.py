@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from domainssl.errors import DomainSSLError
-from domainssl.export import WEIGHTS, BackboneMeta, load_backbone
+from domainssl.export import WEIGHTS, BackboneMeta, read_meta
 from domainssl.io import atomic_write, atomic_write_text
 from domainssl.transfer.classify import MODEL_METADATA, MODEL_WEIGHTS
 from domainssl.transfer.seg_data import SegmentationData, load_segmentation_data
@@ -38,7 +38,7 @@ def transfer_segment(
     ``run_dir``; evaluate whole test images tile by tile; write model, metrics, report."""
     start = time.monotonic()
     torch.manual_seed(settings.train.seed)
-    _, meta = load_backbone(run_dir)  # checks the export and reads its metadata
+    meta = read_meta(run_dir)
     encoder_state = None if settings.baseline == "random" else load_file(str(run_dir / WEIGHTS))
     data = load_segmentation_data(data_path, meta.in_chans, seed=settings.train.seed)
     model = build_segmenter(meta, data.encoding.num_classes, encoder_state)
