@@ -182,3 +182,22 @@ def test_transfer_warns_when_the_data_resolution_differs(tmp_path: Path) -> None
     with pytest.warns(UserWarning, match=r"0.25 µm/px but the backbone was pretrained at 0.5"):
         result = runner.invoke(app, ["transfer", str(run), "--data", str(data), "--mpp", "0.25"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("protocol", ["linear", "knn"])
+def test_multilabel_csv_transfer_reports_map_and_f1(tmp_path: Path, protocol: str) -> None:
+    run = exported_run(tmp_path / "run")
+    folders = write_chip_folder(tmp_path / "chips", per_class=10)
+    files = sorted(folders.rglob("*.tif"))
+    rows = [
+        f"{p.relative_to(folders)},{p.parent.name};{'even' if i % 2 == 0 else 'odd'}"
+        for i, p in enumerate(files)
+    ]
+    (folders / "labels.csv").write_text("\n".join(rows))
+    args = ["transfer", str(run), "--data", str(folders / "labels.csv"), "--protocol", protocol]
+    result = runner.invoke(app, [*args, "--accelerator", "cpu"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / f"run-classify-{protocol}" / "metrics.json").read_text())
+    assert 0 < metrics["mAP"] <= 1 and 0 <= metrics["f1_micro"] <= 1
+    assert set(metrics["per_class_ap"]) == {"class_0", "class_1", "even", "odd"}
+    assert "mAP" in (tmp_path / f"run-classify-{protocol}" / "report.md").read_text()
