@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 from fixtures import write_geotiff, write_scene
+from PIL import Image
 
 from domainssl.config import DataConfig
 from domainssl.data.datamodule import prepare_pretrain_data
-from domainssl.data.eo import SceneWindows
+from domainssl.data.eo import SceneWindows, list_scenes
 from domainssl.data.folder import ChipFolder, InMemoryChips
 from domainssl.data.stats import RunningBandStats, compute_band_stats
 from domainssl.errors import DomainSSLError
@@ -67,6 +68,17 @@ def test_scene_windows_reject_nodata(tmp_path: Path) -> None:
     for i in range(20):
         image = windows[i]["image"]
         assert image.shape == (4, 32, 32) and bool((image > 0).all())
+
+
+def test_large_png_regions_work_as_scenes(tmp_path: Path) -> None:
+    """Pathology regions of interest (e.g. 1000 px H&E PNGs) are windowed like scenes."""
+    pixels = np.random.default_rng(0).integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "roi.png")
+    windows = SceneWindows(list_scenes(tmp_path), size=32, length=4)
+    torch.manual_seed(0)
+    image = windows[0]["image"].numpy().transpose(1, 2, 0)  # (32, 32, 3)
+    candidates = np.lib.stride_tricks.sliding_window_view(pixels, (32, 32, 3))[..., 0, :, :, :]
+    assert (candidates == image).all(axis=(-3, -2, -1)).sum() == 1  # a window of the region
 
 
 def test_scene_all_nodata_is_clear(tmp_path: Path) -> None:

@@ -14,21 +14,24 @@ from rasterio.windows import Window
 from torch.utils.data import Dataset
 
 from domainssl.data.folder import Sample, to_tensor
-from domainssl.data.imageio import TIFF_SUFFIXES, band_names_of
+from domainssl.data.imageio import IMAGE_SUFFIXES, band_names_of
 from domainssl.errors import DomainSSLError
 
 MAX_DRAWS = 50
 
 
 def list_scenes(path: Path) -> list[Path]:
-    """A single GeoTIFF, or every GeoTIFF directly inside a folder."""
+    """A single raster, or every raster (GeoTIFF, or large PNG/JPEG such as pathology
+    regions of interest) directly inside a folder."""
     if not path.exists():
         raise DomainSSLError(f"Data path {path} does not exist: check --data.")
     if path.is_file():
         return [path]
-    scenes = sorted(p for p in path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
+    scenes = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not scenes:
-        raise DomainSSLError(f"Folder {path} holds no GeoTIFF scenes (.tif/.tiff).")
+        raise DomainSSLError(
+            f"Folder {path} holds no scenes ({', '.join(sorted(IMAGE_SUFFIXES))})."
+        )
     return scenes
 
 
