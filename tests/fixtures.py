@@ -142,3 +142,54 @@ def write_segmentation_folder(
             mask_path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(mask).save(mask_path)
     return root
+
+
+def write_infer_models(root: Path, classes: int = 3) -> dict[str, Path]:
+    """Random-weight model folders on one 3-band resnet10t (32 px) as `domainssl pretrain` /
+    `transfer` write them: ``embed`` (a pretrain run), ``segment``, ``constant`` (a segmenter
+    predicting class 1 everywhere) and ``classify`` (a linear head)."""
+    import json
+    from dataclasses import asdict
+
+    import torch
+    from safetensors.torch import save_file
+    from torch import nn
+
+    from domainssl.export import BackboneMeta, export_backbone
+    from domainssl.models.backbones import create_backbone
+    from domainssl.transfer.finetune import Classifier
+    from domainssl.transfer.seg_model import build_segmenter
+
+    meta = BackboneMeta(
+        "resnet10t", True, 3, ["B1", "B2", "B3"], [1000.0] * 3, [500.0] * 3, 512, 32,
+        "simclr", "eo", "x", {},
+    )  # fmt: skip
+
+    def save(folder: Path, model: nn.Module, info: dict) -> Path:
+        folder.mkdir(parents=True)
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+        (folder / "model.json").write_text(json.dumps({**info, "backbone": asdict(meta)}))
+        return folder
+
+    torch.manual_seed(0)
+    export_backbone(create_backbone("resnet10t", 3, True), meta, root / "pretrain")
+    segment = {"task": "segment", "num_classes": classes, "tile": 32}
+    constant = build_segmenter(meta, classes, None)
+    nn.init.zeros_(constant.head.weight)
+    constant.head.bias = nn.Parameter(torch.arange(classes) % 2 * 2.0)  # class 1 wins
+    head = nn.Linear(meta.feature_dim, classes)
+    classifier = Classifier(create_backbone("resnet10t", 3, True), head, multilabel=False)
+    names = [f"class_{k}" for k in range(classes)]
+    classify = {
+        "task": "classify",
+        "classes": names,
+        "multilabel": False,
+        "head": {"kind": "linear"},
+    }
+    return {
+        "embed": root / "pretrain",
+        "segment": save(root / "segment", build_segmenter(meta, classes, None), segment),
+        "constant": save(root / "constant", constant, segment),
+        "classify": save(root / "classify", classifier, classify),
+    }

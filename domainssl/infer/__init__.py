@@ -1,0 +1,1 @@
+"""Inference over whole large images: tile grids, blending, streamed GeoTIFF output."""

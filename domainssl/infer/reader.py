@@ -1,0 +1,103 @@
+"""Tiles of a GeoTIFF read as windows, with one rasterio handle per DataLoader worker."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+from torch.utils.data import Dataset
+
+from domainssl.errors import DomainSSLError
+from domainssl.infer.tiles import TileGrid
+
+Tile = dict[str, torch.Tensor | int]
+
+
+def open_raster(path: Path) -> rasterio.DatasetReader:
+    """``path`` opened for reading (a clear error when it is missing or not a raster)."""
+    if not path.is_file():
+        raise DomainSSLError(f"Input image {path} does not exist: check the path.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as err:
+        raise DomainSSLError(
+            f"{path}: cannot open this raster ({err}); it is corrupt or not a GeoTIFF."
+        ) from None
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What inference needs to know of the input raster (read once, never its pixels)."""
+
+    path: Path
+    height: int
+    width: int
+    count: int
+    nodata: float | None
+    crs: CRS | None
+    transform: Affine
+
+    @classmethod
+    def of(cls, path: Path) -> RasterInfo:
+        with open_raster(path) as src:
+            return cls(path, src.height, src.width, src.count, src.nodata, src.crs, src.transform)
+
+
+def valid_pixels(array: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(H, W) bool of a (C, H, W) array: False where every band is nodata or any is NaN/inf."""
+    valid = np.ones(array.shape[1:], dtype=bool)
+    if nodata is not None:
+        valid &= ~(array == nodata).all(axis=0)
+    if array.dtype.kind == "f":
+        valid &= np.isfinite(array).all(axis=0)
+    return valid
+
+
+class TileReader(Dataset[Tile]):
+    """Tile ``index`` of ``grid`` as ``{"image": (C, T, T) float32, "valid": (T, T) bool,
+    "index": index}``.
+
+    Only the part of the tile inside the raster is read (one window); padding past the
+    border and invalid pixels (nodata, NaN) read as 0, as training pads its tiles, and are
+    marked invalid. Each worker process opens its own handle.
+    """
+
+    def __init__(self, raster: RasterInfo, grid: TileGrid) -> None:
+        self.raster, self.grid = raster, grid
+        self._handle: rasterio.DatasetReader | None = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.grid)
+
+    def _source(self) -> rasterio.DatasetReader:
+        if self._handle is None or self._pid != os.getpid():  # never a forked parent's handle
+            self._handle, self._pid = open_raster(self.raster.path), os.getpid()
+        return self._handle
+
+    def __getitem__(self, index: int) -> Tile:
+        size, raster = self.grid.tile, self.raster
+        top, left = self.grid.origin(index)
+        first_row, first_col = max(top, 0), max(left, 0)
+        end_row, end_col = min(top + size, raster.height), min(left + size, raster.width)
+        image = np.zeros((raster.count, size, size), dtype=np.float32)  # (C, T, T)
+        valid = np.zeros((size, size), dtype=bool)  # (T, T)
+        window = Window(first_col, first_row, end_col - first_col, end_row - first_row)
+        array = self._source().read(window=window)  # (C, h, w)
+        inside = valid_pixels(array, raster.nodata)  # (h, w)
+        rows = slice(first_row - top, end_row - top)
+        cols = slice(first_col - left, end_col - left)
+        image[:, rows, cols] = np.where(inside, array, 0)
+        valid[rows, cols] = inside
+        return {"image": torch.from_numpy(image), "valid": torch.from_numpy(valid), "index": index}
