@@ -276,3 +276,42 @@ def embed(
     typer.echo(
         f"Wrote {count} embeddings to {out}" + (f" and a map to {map_png}" if map_png else "")
     )
+
+
+@app.command()
+@user_errors
+def infer(
+    model_dir: Annotated[
+        Path, typer.Argument(help="A `domainssl transfer` output or a pretrain run (embeddings).")
+    ],
+    source: Annotated[Path, typer.Argument(help="GeoTIFF scene of any size.")],
+    out: Annotated[Path, typer.Option(help="Output GeoTIFF.")] = Path("prediction.tif"),
+    tile: Annotated[
+        int | None, typer.Option(help="Tile size (px); default from the model.")
+    ] = None,
+    overlap: Annotated[
+        int | None, typer.Option(help="Tile overlap (px); default tile/4 for segmentation.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Tiles per batch.")] = 16,
+    probabilities: Annotated[
+        bool, typer.Option(help="Write per-class probabilities instead of labels.")
+    ] = False,
+    cog: Annotated[bool, typer.Option(help="Write a cloud-optimized GeoTIFF.")] = False,
+    accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "auto",
+    precision: Annotated[str, typer.Option(help="32-true or 16-mixed (AMP on a GPU).")] = "32-true",
+    num_workers: Annotated[int, typer.Option(help="Tile reader processes.")] = 2,
+) -> None:
+    """Run a model over a large GeoTIFF, streamed tile by tile, into a georeferenced GeoTIFF."""
+    from domainssl.infer.geotiff import infer_geotiff
+
+    if precision not in ("32-true", "16-mixed"):
+        raise DomainSSLError(f"--precision must be 32-true or 16-mixed, not {precision!r}.")
+    summary = infer_geotiff(
+        model_dir, source, out, tile, overlap, batch_size, probabilities,
+        pick_device(accelerator), num_workers, precision == "16-mixed", cog, progress=True,
+    )  # fmt: skip
+    outputs = ", ".join(map(str, summary.outputs))
+    typer.echo(
+        f"{summary.task}: {summary.tiles_run} tiles in {summary.seconds:.1f} s "
+        f"({summary.megapixels_per_second:.2f} Mpx/s); wrote {outputs}"
+    )

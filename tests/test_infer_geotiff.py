@@ -11,7 +11,9 @@ import torch
 from affine import Affine
 from fixtures import write_geotiff, write_infer_models
 from torch import nn
+from typer.testing import CliRunner
 
+from domainssl.cli import app
 from domainssl.errors import DomainSSLError
 from domainssl.export import load_backbone, preprocess, read_meta
 from domainssl.infer import geotiff
@@ -237,3 +239,17 @@ def test_embedding_map_has_feature_bands_and_a_pca_picture(models: dict, scene: 
     assert picture[:, cells].std(axis=1).min() > 10  # the components vary across the map
     with rasterio.open(out) as src:
         assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+
+
+def test_infer_cli_writes_a_georeferenced_prediction(models: dict, scene: Path) -> None:
+    out = scene.parent / "cli" / "prediction.tif"
+    args = ["infer", str(models["segment"]), str(scene), "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--accelerator", "cpu", "--num-workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert "segment:" in result.output and "Mpx/s" in result.output
+    labels, profile = read(out)
+    with rasterio.open(scene) as source:
+        assert profile["crs"] == source.crs and profile["transform"] == source.transform
+    assert labels.shape[1:] == scene_array().shape[1:]
+    bad = CliRunner().invoke(app, [*args, "--precision", "bf16"])
+    assert bad.exit_code == 2 and "--precision must be" in bad.output
