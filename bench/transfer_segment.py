@@ -13,6 +13,7 @@ whole test image, tile by tile.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 from typing import Literal
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from report import write_section
 
 from domainssl.config import parse_duration
+from domainssl.transfer.seg_data import load_segmentation_data
 from domainssl.transfer.seg_transfer import SegmentSettings, transfer_segment
 from domainssl.transfer.segment import SegmentTrainConfig
 
@@ -38,9 +40,34 @@ def link_layout(images: Path, masks: Path, root: Path) -> Path:
     return root
 
 
+def pretrain_on_training_images(data: Path, out: Path, name: str, budget: str) -> Path:
+    """SimCLR with the pathology views on random windows (native resolution) of the images
+    of the training split only; returns the run folder."""
+    train = load_segmentation_data(data, in_chans=3).train.pairs
+    images = out / f"{name}_train_images"
+    images.mkdir(parents=True, exist_ok=True)
+    for pair in train:
+        link = images / pair.image.name
+        if not link.is_symlink():
+            link.symlink_to(pair.image.resolve())
+    run = out / f"{name}-scene-simclr"
+    command = [
+        sys.executable, "-m", "domainssl", "pretrain", "--domain", "pathology", "--data",
+        str(images), "--set", "data.kind=scenes", "--max-time", budget, "--epochs", "1000",
+        "--out", str(out), "--name", run.name,
+    ]  # fmt: skip
+    with open(out / f"{run.name}.log", "w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--run", type=Path, help="pretrain run (or use --pretrain-time)")
+    parser.add_argument(
+        "--pretrain-time",
+        help="pretrain SimCLR (pathology views) on windows of the training images instead",
+    )
     parser.add_argument("--images", type=Path, required=True)
     parser.add_argument("--masks", type=Path, required=True)
     parser.add_argument("--tile", type=int, default=256)
@@ -49,13 +76,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/transfer_segment"))
     args = parser.parse_args()
     data = link_layout(args.images, args.masks, args.out / f"{args.name}_data")
+    run = args.run or pretrain_on_training_images(data, args.out, args.name, args.pretrain_time)
     rows = []
     for baseline in BASELINES:
         training = SegmentTrainConfig(
             args.tile, epochs=100_000, max_time_s=parse_duration(args.max_time)
         )
         out = args.out / f"{args.name}-{baseline}"
-        m = transfer_segment(args.run, data, out, SegmentSettings(baseline, training))
+        m = transfer_segment(run, data, out, SegmentSettings(baseline, training))
         iou, dice = m["per_class_iou"][-1], m["per_class_dice"][-1]
         print(f"{baseline}: mIoU {m['miou']:.4f}, class-1 IoU {iou}, Dice {dice}", flush=True)
         rows.append(
@@ -67,11 +95,12 @@ def main() -> None:
         "|---|---|---|---|---|---|",
         *rows,
     ]
+    source = f"--run {args.run}" if args.run else f"--pretrain-time {args.pretrain_time}"
     header = (
         f"## Segmentation transfer: {args.name} ({args.tile} px tiles, fine-tune "
         f"{args.max_time} each, seeded 70/10/20 split by image, 2 CPU cores)\n\n"
-        f"Pretrained run: `{args.run}`.\n\n"
-        f"Command: `python bench/transfer_segment.py --run {args.run} --images {args.images} "
+        f"Pretrained run: `{run}`.\n\n"
+        f"Command: `python bench/transfer_segment.py {source} --images {args.images} "
         f"--masks {args.masks} --tile {args.tile} --max-time {args.max_time} --name {args.name}`\n"
     )
     markdown = "\n".join(table)
