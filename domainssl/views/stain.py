@@ -44,8 +44,9 @@ def hed_jitter(images: torch.Tensor, sigma: float, bias: float) -> torch.Tensor:
     concentrations = od @ inverse  # (B, H, W, 3 stains)
     scale = 1 + (torch.rand(b, 1, 1, 3, device=images.device) * 2 - 1) * sigma
     shift = (torch.rand(b, 1, 1, 3, device=images.device) * 2 - 1) * bias
-    od = (concentrations * scale + shift) @ matrix
-    return od_to_rgb(od.permute(0, 3, 1, 2))
+    change = (concentrations * (scale - 1) + shift) @ matrix  # (B, H, W, 3) OD change
+    # I * exp(-change) equals exp(-new OD) above the OD floor and keeps zero strength exact
+    return (images * torch.exp(-change.permute(0, 3, 1, 2))).clamp(0, 1)
 
 
 def macenko_stains(image: torch.Tensor, beta: float = 0.15, alpha: float = 1.0) -> torch.Tensor:
