@@ -11,8 +11,6 @@ chosen on the validation part).
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,15 +18,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from probe_table import ProbeTable
 from report import write_section
 from torchgeo_anchor import train_torchgeo_simclr
 
 from domainssl.config import parse_duration
 from domainssl.data.folder import ChipFolder, InMemoryChips
 from domainssl.data.stats import compute_band_stats
-from domainssl.export import load_backbone
 from domainssl.models.backbones import create_backbone
-from domainssl.transfer.probe import extract_features, linear_probe, stratified_split
 
 
 def main() -> None:
@@ -41,30 +38,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/eo_quality"))
     parser.add_argument("--section", default="eo-quality", help="results.md section ('' = none)")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
 
     chips = InMemoryChips(ChipFolder(args.data, size=64), num_workers=2)
-    images, labels = chips.images, chips.labels.numpy()
-    split = stratified_split(labels)
+    table = ProbeTable(chips.images, chips.labels.numpy(), args.out)
     stats = compute_band_stats(chips, 4096, str(args.data))
-    rows: dict[str, dict] = {}
-
-    def probe(
-        name: str, backbone: torch.nn.Module, mean: list[float], std: list[float], **extra: object
-    ) -> None:
-        features = extract_features(backbone, images, mean, std)
-        result = linear_probe(features, labels, split)
-        rows[name] = {"test_accuracy": result.test_accuracy, "best_l2": result.best_l2, **extra}
-        print(f"{name}: test accuracy {result.test_accuracy:.4f} (l2={result.best_l2})", flush=True)
-
-    probe(
+    table.probe(
         "random init (our resnet18, small-input stem)",
         create_backbone("resnet18", 3, True),
         stats.mean,
         stats.std,
     )
-    probe(
+    table.probe(
         "random init (timm resnet18, standard stem)",
         create_backbone("resnet18", 3, False),
         [0.0] * 3,
@@ -72,44 +57,19 @@ def main() -> None:
     )
     budget = ["--epochs", str(args.epochs)] if args.epochs else ["--max-time", args.max_time]
     for method in [m for m in args.methods if m != "torchgeo"]:
-        start = time.time()
         name = (
             f"{method}-{'e' + str(args.epochs) if args.epochs else args.max_time.replace(':', '')}"
         )
-        command = [
-            "domainssl",
-            "pretrain",
-            "--domain",
-            "eo",
-            "--method",
-            method,
-            "--data",
-            str(args.data),
-            "--out",
-            str(args.out),
-            "--name",
-            name,
-            *budget,
-        ]
-        command += [f"--set={item}" for item in args.sets]
-        with open(args.out / f"{name}.log", "w") as log:
-            subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
-        backbone, meta = load_backbone(args.out / name)
-        probe(
-            f"domainssl {method}",
-            backbone,
-            meta.mean,
-            meta.std,
-            pretrain_s=round(time.time() - start),
-            command=" ".join(command[1:]),
-        )
+        run_args = ["--domain", "eo", "--method", method, "--data", str(args.data), *budget]
+        run_args += [f"--set={item}" for item in args.sets]
+        table.pretrain_and_probe(f"domainssl {method}", name, run_args)
     if "torchgeo" in args.methods:
         start = time.time()
         seconds = parse_duration(args.max_time) if not args.epochs else None
         if seconds is None:
             raise SystemExit("torchgeo runs on a time budget only: drop --epochs")
         backbone = train_torchgeo_simclr(args.data, max_time_s=seconds)
-        probe(
+        table.probe(
             "torchgeo SimCLRTask (resnet18, 64 px, batch 128)",
             backbone,
             [0.0] * 3,
@@ -117,22 +77,18 @@ def main() -> None:
             pretrain_s=round(time.time() - start),
         )
 
-    (args.out / "results.json").write_text(json.dumps(rows, indent=2))
-    table = ["| model | linear probe test accuracy | L2 (chosen on val) |", "|---|---|---|"]
-    table += [
-        f"| {name} | {row['test_accuracy']:.4f} | {row['best_l2']} |" for name, row in rows.items()
-    ]
-    print("\n".join(table))
+    markdown = table.markdown()
+    print(markdown)
     if args.section:
         budget_text = f"{args.epochs} epochs" if args.epochs else args.max_time
         header = (
             f"## EO quality: linear probe on {args.data.name} "
-            f"({len(labels)} chips, split 70/10/20 seed 0), budget "
+            f"({len(chips)} chips, split 70/10/20 seed 0), budget "
             f"{budget_text} per method, 2 CPU cores\n\n"
             f"Command: `python bench/eo_quality.py --data {args.data} --max-time {args.max_time}"
             f"{' '.join([''] + [f'--set {s}' for s in args.sets])}`\n"
         )
-        write_section(args.section, header + "\n" + "\n".join(table))
+        write_section(args.section, header + "\n" + markdown)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,10 @@ def list_scenes(path: Path) -> list[Path]:
     return scenes
 
 
-def _open(path: Path) -> rasterio.DatasetReader:
+def open_raster(path: Path) -> rasterio.DatasetReader:
+    """``path`` opened for reading (a clear error when it is missing or not a raster)."""
+    if not path.is_file():
+        raise DomainSSLError(f"Input image {path} does not exist: check the path.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -72,7 +75,7 @@ class SceneWindows(Dataset[Sample]):
         self.max_nodata_fraction = max_nodata_fraction
         shapes, nodata = [], []
         for path in scenes:
-            with _open(path) as src:
+            with open_raster(path) as src:
                 if src.width < size or src.height < size:
                     raise DomainSSLError(
                         f"{path} is {src.width}x{src.height} px, smaller than the window "
@@ -107,7 +110,7 @@ class SceneWindows(Dataset[Sample]):
         if self._pid != os.getpid():  # a forked worker must not reuse the parent's handles
             self._handles, self._pid = {}, os.getpid()
         if index not in self._handles:
-            self._handles[index] = _open(self.scenes[index])
+            self._handles[index] = open_raster(self.scenes[index])
         return self._handles[index]
 
     def __getitem__(self, index: int) -> Sample:

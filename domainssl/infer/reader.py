@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,28 +11,13 @@ import rasterio
 import torch
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
-from domainssl.errors import DomainSSLError
+from domainssl.data.eo import open_raster
 from domainssl.infer.tiles import TileGrid
 
 Tile = dict[str, torch.Tensor | int]
-
-
-def open_raster(path: Path) -> rasterio.DatasetReader:
-    """``path`` opened for reading (a clear error when it is missing or not a raster)."""
-    if not path.is_file():
-        raise DomainSSLError(f"Input image {path} does not exist: check the path.")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except RasterioIOError as err:
-        raise DomainSSLError(
-            f"{path}: cannot open this raster ({err}); it is corrupt or not a GeoTIFF."
-        ) from None
 
 
 @dataclass(frozen=True)

@@ -133,17 +133,24 @@ def write_outputs(
     write_classify_report(out_dir / "report.md", metrics, data, run_dir, data_path)
 
 
-def load_classifier(model_dir: Path) -> tuple[Classifier, BackboneMeta, dict[str, Any]]:
-    """A transfer output folder as (model in eval mode, backbone metadata, model.json)."""
+def read_transfer_output(
+    model_dir: Path, command: str
+) -> tuple[dict[str, Any], BackboneMeta, dict[str, torch.Tensor]]:
+    """model.json, the backbone metadata and the weights of a transfer output folder
+    (``command`` names what writes such a folder, for the error message)."""
     weights, metadata = model_dir / MODEL_WEIGHTS, model_dir / MODEL_METADATA
     if not (weights.is_file() and metadata.is_file()):
         raise DomainSSLError(
             f"{model_dir} holds no transferred model ({MODEL_WEIGHTS} + {MODEL_METADATA}): "
-            "give the output folder of `domainssl transfer`."
+            f"give the output folder of `{command}`."
         )
     info = json.loads(metadata.read_text())
-    meta = BackboneMeta(**info["backbone"])
-    state = load_file(str(weights))
+    return info, BackboneMeta(**info["backbone"]), load_file(str(weights))
+
+
+def load_classifier(model_dir: Path) -> tuple[Classifier, BackboneMeta, dict[str, Any]]:
+    """A transfer output folder as (model in eval mode, backbone metadata, model.json)."""
+    info, meta, state = read_transfer_output(model_dir, "domainssl transfer")
     backbone = create_backbone(meta.timm_name, meta.in_chans, meta.small_input)
     classes = len(info["classes"])
     head: nn.Module

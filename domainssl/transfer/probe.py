@@ -97,26 +97,18 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float) -> t
     return weights.detach()
 
 
-def accuracy(weights: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
-    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
-    return float(((x1 @ weights).argmax(dim=1) == y).double().mean())
+def logits_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of rows whose largest logit is the label."""
+    return float((logits.argmax(dim=1) == labels).double().mean())
 
 
 def linear_probe(features: np.ndarray, labels: np.ndarray, split: ProbeSplit) -> ProbeResult:
     """Logistic regression on standardized features; L2 strength chosen on validation."""
-    x = torch.from_numpy(features).double()
-    train_val = np.concatenate([split.train, split.val])
-    mean, std = x[split.train].mean(0), x[split.train].std(0).clamp(min=1e-8)
-    x = (x - mean) / std
-    y = torch.from_numpy(labels).long()
-    classes = int(labels.max()) + 1
-    best = (-1.0, L2_GRID[0])
-    for l2 in L2_GRID:
-        weights = fit_logistic(x[split.train], y[split.train], classes, l2)
-        best = max(best, (accuracy(weights, x[split.val], y[split.val]), l2))
-    val_accuracy, best_l2 = best
-    weights = fit_logistic(x[train_val], y[train_val], classes, best_l2)
-    return ProbeResult(accuracy(weights, x[split.test], y[split.test]), val_accuracy, best_l2)
+    x, y = torch.from_numpy(features).double(), torch.from_numpy(labels).long()
+    layer, val_accuracy, best_l2 = fit_linear_head(x, y, split, logits_accuracy)
+    with torch.no_grad():
+        test_accuracy = logits_accuracy(layer(x[split.test]), y[split.test])
+    return ProbeResult(test_accuracy, val_accuracy, best_l2)
 
 
 def fit_linear_head(
@@ -139,7 +131,7 @@ def fit_linear_head(
     val_score, best_l2 = best
     train_val = np.concatenate([split.train, split.val])
     weights = fit_logistic(x[train_val], targets[train_val], classes, best_l2)
-    layer = nn.Linear(len(mean), classes)
+    layer = nn.Linear(len(mean), classes, dtype=features.dtype)
     with torch.no_grad():
         layer.weight.copy_((weights[:-1] / std[:, None]).T)
         layer.bias.copy_(weights[-1] - (mean / std) @ weights[:-1])

@@ -11,10 +11,9 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file, save_file
 
-from domainssl.errors import DomainSSLError
 from domainssl.export import WEIGHTS, BackboneMeta, read_meta
 from domainssl.io import atomic_write, atomic_write_text
-from domainssl.transfer.classify import MODEL_METADATA, MODEL_WEIGHTS
+from domainssl.transfer.classify import MODEL_METADATA, MODEL_WEIGHTS, read_transfer_output
 from domainssl.transfer.seg_data import SegmentationData, load_segmentation_data
 from domainssl.transfer.seg_model import Segmenter, build_segmenter
 from domainssl.transfer.seg_overlays import save_overlays
@@ -79,16 +78,9 @@ def transfer_segment(
 
 def load_segmenter(model_dir: Path) -> tuple[Segmenter, BackboneMeta, dict[str, Any]]:
     """A segmentation transfer folder as (model in eval mode, backbone metadata, model.json)."""
-    weights, metadata = model_dir / MODEL_WEIGHTS, model_dir / MODEL_METADATA
-    if not (weights.is_file() and metadata.is_file()):
-        raise DomainSSLError(
-            f"{model_dir} holds no transferred model ({MODEL_WEIGHTS} + {MODEL_METADATA}): "
-            "give the output folder of `domainssl transfer --task segment`."
-        )
-    info = json.loads(metadata.read_text())
-    meta = BackboneMeta(**info["backbone"])
+    info, meta, state = read_transfer_output(model_dir, "domainssl transfer --task segment")
     model = build_segmenter(meta, info["num_classes"], None)
-    model.load_state_dict(load_file(str(weights)))
+    model.load_state_dict(state)
     return model.eval(), meta, info
 
 
