@@ -208,6 +208,7 @@ def transfer(
     lr: Annotated[float, typer.Option(help="Learning rate of the new head / decoder.")] = 1e-3,
     tile: Annotated[int, typer.Option(help="Segmentation: training / prediction tile (px).")] = 256,
     accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "auto",
+    devices: Annotated[int, typer.Option(help="GPUs each training batch is split across.")] = 1,
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and training.")] = 0,
     mpp: Annotated[
@@ -218,11 +219,13 @@ def transfer(
     """Transfer a pretrained backbone to labeled data and write model, metrics and report."""
     from domainssl.config import parse_duration
     from domainssl.export import check_resolution, read_meta
+    from domainssl.models.parallel import require_devices
     from domainssl.transfer.classify import ClassifySettings, transfer_classify
     from domainssl.transfer.finetune import FinetuneConfig
     from domainssl.transfer.seg_transfer import SegmentSettings, transfer_segment
     from domainssl.transfer.segment import SegmentTrainConfig
 
+    require_devices(devices)
     check_resolution(read_meta(run_dir), mpp, str(data))
     seconds = parse_duration(max_time) if max_time is not None else None
     device = pick_device(accelerator)
@@ -233,14 +236,15 @@ def transfer(
             raise DomainSSLError("--protocol knn is for classification: use linear or finetune.")
         frozen = protocol == "linear"
         training = SegmentTrainConfig(
-            tile, epochs, seconds, batch_size, lr, freeze_encoder=frozen, seed=seed
-        )
+            tile, epochs, seconds, batch_size, lr, freeze_encoder=frozen, seed=seed,
+            devices=devices,
+        )  # fmt: skip
         metrics = transfer_segment(
             run_dir, data, out_dir, SegmentSettings(baseline, training, device)
         )
         typer.echo(f"Test mIoU {metrics['miou']:.4f}; wrote {out_dir} (read report.md first).")
         return
-    tuning = FinetuneConfig(epochs, seconds, batch_size, lr, seed=seed)
+    tuning = FinetuneConfig(epochs, seconds, batch_size, lr, seed=seed, devices=devices)
     settings = ClassifySettings(protocol, baseline, finetune=tuning, device=device, seed=seed)
     metrics = transfer_classify(run_dir, data, out_dir, settings)
     headline = "mAP" if "mAP" in metrics else "accuracy"
@@ -300,16 +304,27 @@ def infer(
     accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "auto",
     precision: Annotated[str, typer.Option(help="32-true or 16-mixed (AMP on a GPU).")] = "32-true",
     num_workers: Annotated[int, typer.Option(help="Tile reader processes.")] = 2,
+    devices: Annotated[int, typer.Option(help="GPUs each batch is split across.")] = 1,
+    resume: Annotated[
+        bool, typer.Option(help="Go on from the rows an interrupted run left on disk.")
+    ] = False,
 ) -> None:
     """Run a model over a large GeoTIFF, streamed tile by tile, into a georeferenced GeoTIFF."""
     from domainssl.infer.geotiff import infer_geotiff
+    from domainssl.models.parallel import require_devices
 
+    require_devices(devices)
     if precision not in ("32-true", "16-mixed"):
         raise DomainSSLError(f"--precision must be 32-true or 16-mixed, not {precision!r}.")
-    summary = infer_geotiff(
-        model_dir, source, out, tile, overlap, batch_size, probabilities,
-        pick_device(accelerator), num_workers, precision == "16-mixed", cog, progress=True,
-    )  # fmt: skip
+    try:
+        summary = infer_geotiff(
+            model_dir, source, out, tile, overlap, batch_size, probabilities,
+            pick_device(accelerator), num_workers, precision == "16-mixed", cog,
+            progress=True, resume=resume, devices=devices,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        typer.echo(f"Interrupted: nothing written to {out}; rerun with --resume to go on.")
+        raise typer.Exit(130) from None
     outputs = ", ".join(map(str, summary.outputs))
     typer.echo(
         f"{summary.task}: {summary.tiles_run} tiles in {summary.seconds:.1f} s "

@@ -17,6 +17,7 @@ from domainssl.cli import app
 from domainssl.errors import DomainSSLError
 from domainssl.export import load_backbone, preprocess, read_meta
 from domainssl.infer import geotiff
+from domainssl.infer import partial as partial_module
 from domainssl.infer.geotiff import infer_geotiff
 from domainssl.infer.tiles import blend_weights
 from domainssl.transfer.classify import load_classifier
@@ -253,3 +254,98 @@ def test_infer_cli_writes_a_georeferenced_prediction(models: dict, scene: Path) 
     assert labels.shape[1:] == scene_array().shape[1:]
     bad = CliRunner().invoke(app, [*args, "--precision", "bf16"])
     assert bad.exit_code == 2 and "--precision must be" in bad.output
+
+
+class FailsAtCall(PixelModel):
+    """The per-pixel model, raising KeyboardInterrupt at its ``stop``-th forward pass."""
+
+    def __init__(self, stop: int) -> None:
+        super().__init__()
+        self.stop, self.calls = stop, 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.stop:
+            raise KeyboardInterrupt("stop")
+        return super().forward(images)
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_a_resumed_run_skips_finished_rows_and_equals_an_uninterrupted_one(
+    models: dict, scene: Path, monkeypatch: pytest.MonkeyPatch, probabilities: bool
+) -> None:
+    monkeypatch.setattr(partial_module, "FLUSH_INTERVAL_S", 0.0)
+    settings = {"tile": 32, "overlap": 8, "batch_size": 2, "num_workers": 0}
+    whole = scene.parent / "whole.tif"
+    monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: PixelModel())
+    full = infer_geotiff(models["segment"], scene, whole, probabilities=probabilities, **settings)
+    out = scene.parent / "out" / "prediction.tif"
+    # 13 x 4 tiles, 2 per batch, batches without a valid pixel skipped: call 20 ends tile
+    # row 10, whose rows reach 264, so rows 0..255 are flushed before call 21 stops the run
+    monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: FailsAtCall(21))
+    with pytest.raises(KeyboardInterrupt):
+        infer_geotiff(models["segment"], scene, out, probabilities=probabilities, **settings)
+    assert not out.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        ".prediction.tif.partial",
+        ".prediction.tif.progress.json",
+    ]
+    monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: PixelModel())
+    resumed = infer_geotiff(
+        models["segment"], scene, out, probabilities=probabilities, resume=True, **settings
+    )
+    assert list(out.parent.iterdir()) == [out]
+    # rows 0..255 were on disk: tile rows 10..12 (those reaching past row 255) run again,
+    # less their tiles in column 3, inside the nodata block
+    assert (full.tiles_run, resumed.tiles_run) == (44, 9)
+    np.testing.assert_array_equal(read(out)[0], read(whole)[0])
+
+
+def test_resume_ignores_a_partial_output_of_other_settings(
+    models: dict, scene: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(partial_module, "FLUSH_INTERVAL_S", 0.0)
+    out = scene.parent / "prediction.tif"
+    monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: FailsAtCall(21))
+    with pytest.raises(KeyboardInterrupt):
+        infer_geotiff(models["segment"], scene, out, tile=32, batch_size=2, num_workers=0)
+    monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: PixelModel())
+    other = {"tile": 32, "overlap": 4, "batch_size": 2, "num_workers": 0}
+    resumed = infer_geotiff(models["segment"], scene, out, resume=True, **other)
+    fresh = infer_geotiff(models["segment"], scene, scene.parent / "fresh.tif", **other)
+    assert resumed.tiles_run == fresh.tiles_run  # started afresh: the overlap differs
+    np.testing.assert_array_equal(read(out)[0], read(scene.parent / "fresh.tif")[0])
+
+
+def test_a_resumed_embedding_map_and_picture_equal_an_uninterrupted_run(
+    models: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(partial_module, "FLUSH_INTERVAL_S", 0.0)
+    array = np.random.default_rng(1).integers(100, 3000, (3, 1100, 12)).astype(np.uint16)
+    source = write_geotiff(tmp_path / "tall.tif", array)
+    settings = {"tile": 4, "batch_size": 64, "num_workers": 0}
+    whole = tmp_path / "whole.tif"
+    infer_geotiff(models["embed"], source, whole, **settings)
+    backbone, _ = load_backbone(models["embed"])
+
+    class FailsLate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone, self.calls = backbone, 0
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls == 13:  # 12 x 64 tiles = 256 cell rows of 3: the last batch stops
+                raise KeyboardInterrupt("stop")
+            return self.backbone(images)
+
+    monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: FailsLate())
+    out = tmp_path / "out" / "embedding.tif"
+    with pytest.raises(KeyboardInterrupt):
+        infer_geotiff(models["embed"], source, out, **settings)
+    monkeypatch.undo()
+    resumed = infer_geotiff(models["embed"], source, out, resume=True, **settings)
+    assert resumed.tiles_run == (275 - 256) * 3
+    np.testing.assert_array_equal(read(out)[0], read(whole)[0])
+    pictures = out.with_name("embedding_pca.tif"), whole.with_name("whole_pca.tif")
+    np.testing.assert_array_equal(read(pictures[0])[0], read(pictures[1])[0])

@@ -130,6 +130,12 @@ def test_random_baseline_and_band_mismatch(tmp_path: Path) -> None:
         and "has 4 bands but the backbone was pretrained on 3" in result.output
     )
     rgb = write_chip_folder(tmp_path / "rgb", per_class=10, fmt="png")
+    too_many = max(2, torch.cuda.device_count() + 1)
+    result = runner.invoke(
+        app, ["transfer", str(run), "--data", str(rgb), "--devices", str(too_many)]
+    )
+    assert result.exit_code == 2 and f"--devices {too_many} but" in result.output
+    assert not (tmp_path / "run-classify-linear").exists()  # refused before any work
     result = runner.invoke(app, ["transfer", str(run), "--data", str(rgb), "--baseline", "random"])
     assert result.exit_code == 0, result.output
     model, _, info = load_classifier(tmp_path / "run-classify-linear-random")

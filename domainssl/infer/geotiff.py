@@ -9,24 +9,27 @@ bounded by the tile size, batch size and image width, never by the image height.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from affine import Affine
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from domainssl.errors import DomainSSLError
 from domainssl.export import BackboneMeta, preprocess
 from domainssl.infer.models import Task, load_network, read_model_spec
-from domainssl.infer.output import base_profile, write_embedding, write_output, write_rows
+from domainssl.infer.output import base_profile, publish_output, write_embedding, write_rows
+from domainssl.infer.partial import PartialRaster
 from domainssl.infer.reader import RasterInfo, TileReader
 from domainssl.infer.stitch import BlendedRows, CellRows, Rows, to_floats, to_labels
-from domainssl.infer.tiles import blend_grid, blend_weights, cell_grid
+from domainssl.infer.tiles import TileGrid, blend_grid, blend_weights, cell_grid
+from domainssl.models.parallel import spread
 
 
 @dataclass
@@ -47,9 +50,15 @@ class TileRunner:
     """Runs the network on the tiles of a batch that hold a valid pixel."""
 
     def __init__(
-        self, network: nn.Module, meta: BackboneMeta, device: torch.device, amp: bool, bar: tqdm
+        self,
+        network: nn.Module,
+        meta: BackboneMeta,
+        device: torch.device,
+        amp: bool,
+        bar: tqdm,
+        devices: int = 1,
     ) -> None:
-        self.network, self.meta, self.device = network.to(device), meta, device
+        self.network, self.meta, self.device = spread(network.to(device), devices), meta, device
         self.amp, self.bar, self.tiles_run = amp and device.type == "cuda", bar, 0
 
     @torch.no_grad()
@@ -81,6 +90,36 @@ def _stream(
                 yield rows
 
 
+def _skip_rows(rows: Iterator[Rows], count: int) -> Generator[Rows, None, None]:
+    """``rows`` without its first ``count`` rows (already on disk in a resumed run)."""
+    for values, valid in rows:
+        drop = min(count, valid.shape[0])
+        count -= drop
+        if drop < valid.shape[0]:
+            yield values[:, drop:], valid[drop:]
+
+
+def resume_point(grid: TileGrid, blended: bool, rows_done: int) -> tuple[int, int]:
+    """(first tile row to run, output rows it re-emits that are already on disk) to go on
+    from ``rows_done`` output rows: blended rows depend on every tile overlapping them, so
+    the run restarts at the first tile row reaching past ``rows_done``."""
+    if not blended:
+        return rows_done, 0
+    first = max(0, (rows_done - grid.tile) // grid.stride + 1)
+    return first, rows_done - first * grid.stride
+
+
+def run_key(model_dir: Path, source: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """What the output depends on: a resumed run must match it exactly."""
+
+    def identity(path: Path) -> list[Any]:
+        stat = path.stat()
+        return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+    weights = sorted(model_dir.glob("*.safetensors"))
+    return {"source": identity(source), "model": [identity(w) for w in weights], **settings}
+
+
 def infer_geotiff(
     model_dir: Path,
     source: Path,
@@ -94,6 +133,8 @@ def infer_geotiff(
     amp: bool = False,
     cog: bool = False,
     progress: bool = False,
+    resume: bool = False,
+    devices: int = 1,
 ) -> InferSummary:
     """Run the model of ``model_dir`` over the GeoTIFF ``source`` and write ``out``.
 
@@ -114,6 +155,9 @@ def infer_geotiff(
         amp: mixed precision (CUDA only; ignored on CPU).
         cog: lay the outputs out as cloud-optimized GeoTIFFs (with overviews).
         progress: show a tqdm bar (tiles/s, ETA).
+        resume: go on from the rows an interrupted run with the same input, model and
+            settings left on disk (``.<out name>.partial``), instead of starting afresh.
+        devices: CUDA devices each batch is split across (one process, one output).
     """
     start = time.monotonic()
     spec = read_model_spec(model_dir)
@@ -129,45 +173,48 @@ def infer_geotiff(
     shared = overlap if overlap is not None else (size // 4 if segment else 0)
     grid = (blend_grid if segment else cell_grid)(raster.height, raster.width, size, shared)
     channels = len(spec.band_names)
+    transform = raster.transform if segment else raster.transform * Affine.scale(grid.stride)
+    height, width = (raster.height, raster.width) if segment else (grid.rows, grid.cols)
+    profile = base_profile(height, width, raster.crs, transform)
+    kind = "embed" if spec.task == "embed" else "probabilities" if probabilities else "labels"
+    label_type = np.uint8 if channels < 255 else np.uint16
+    if kind == "labels":
+        profile.update(count=1, dtype=label_type, nodata=np.iinfo(label_type).max)
+    else:
+        profile.update(count=channels, dtype="float32", nodata=np.nan)
+    settings = {"tile": size, "stride": grid.stride, "output": kind, "task": spec.task}
+    partial = PartialRaster(out, profile, run_key(model_dir, source, settings), resume)
+    first_row, skip = resume_point(grid, segment, partial.rows_done)
     stitcher: BlendedRows | CellRows = (
         BlendedRows(grid, raster.height, raster.width, channels, blend_weights(size))
         if segment
         else CellRows(grid, raster.height, raster.width, channels)
     )
     network = load_network(model_dir, spec)
-    bar = tqdm(total=len(grid), unit="tile", desc=source.name, disable=not progress)
-    runner = TileRunner(network, spec.meta, torch.device(device), amp, bar)
+    remaining = range(first_row * grid.cols, len(grid))
+    bar = tqdm(total=len(remaining), unit="tile", desc=source.name, disable=not progress)
+    runner = TileRunner(network, spec.meta, torch.device(device), amp, bar, devices)
     loader = DataLoader(
-        TileReader(raster, grid),
+        Subset(TileReader(raster, grid), remaining),
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=runner.device.type == "cuda",
     )
-    rows = _stream(loader, runner, stitcher)
-    transform = raster.transform if segment else raster.transform * Affine.scale(grid.stride)
-    height, width = (raster.height, raster.width) if segment else (grid.rows, grid.cols)
-    profile = base_profile(height, width, raster.crs, transform)
+    rows = _skip_rows(_stream(loader, runner, stitcher), skip)
     tags = {"task": spec.task, "model": str(model_dir), "tile": size, "stride": grid.stride}
     outputs = [out]
     try:
-        if spec.task == "embed":
+        if kind == "embed":
             outputs.append(out.with_name(f"{out.stem}_pca.tif"))
-            write_embedding(out, outputs[1], profile, spec.band_names, tags, rows, cog)
-        elif probabilities:
-            profile.update(count=channels, dtype="float32", nodata=np.nan)
+            write_embedding(partial, outputs[1], spec.band_names, tags, rows, cog)
+        elif kind == "probabilities":
             floats = (to_floats(values, valid) for values, valid in rows)
-            write_output(
-                out, lambda path: write_rows(path, profile, spec.band_names, tags, floats),
-                cog, "average",
-            )  # fmt: skip
+            complete = write_rows(partial, spec.band_names, tags, floats)
+            publish_output(partial, complete, cog, "average")
         else:
-            dtype = np.uint8 if channels < 255 else np.uint16
-            profile.update(count=1, dtype=dtype, nodata=np.iinfo(dtype).max)
-            labels = (to_labels(values, valid, dtype) for values, valid in rows)
-            write_output(
-                out, lambda path: write_rows(path, profile, ["class"], tags, labels),
-                cog, "nearest",
-            )  # fmt: skip
+            labels = (to_labels(values, valid, label_type) for values, valid in rows)
+            complete = write_rows(partial, ["class"], tags, labels)
+            publish_output(partial, complete, cog, "nearest")
     finally:
         rows.close()  # stops the DataLoader workers at once on an error or interrupt
         bar.close()

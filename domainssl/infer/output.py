@@ -15,7 +15,9 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.windows import Window
 
+from domainssl.infer.partial import PartialRaster, publish
 from domainssl.infer.pca import PcaStretch, Reservoir, write_pca_picture
 from domainssl.infer.stitch import BLOCK, RowBlockWriter, Rows, to_floats
 from domainssl.io import atomic_write
@@ -43,68 +45,90 @@ def _scratch(beside: Path) -> Iterator[Path]:
 
 def write_output(path: Path, write: Callable[[Path], None], cog: bool, resampling: str) -> None:
     """``write`` a GeoTIFF under a temporary name beside ``path`` (removed on any error or
-    interrupt), optionally re-laid out as a cloud-optimized GeoTIFF (GDAL's COG driver,
-    overviews resampled with ``resampling``), then renamed to ``path``."""
+    interrupt), optionally re-laid out as a cloud-optimized GeoTIFF, then renamed to ``path``."""
+    if not cog:
+        atomic_write(path, write)
+        return
+    with _scratch(path) as plain:
+        write(plain)
+        atomic_write(path, lambda target: to_cog(plain, target, resampling))
 
-    def produce(target: Path) -> None:
-        if not cog:
-            write(target)
-            return
-        with _scratch(path) as plain:
-            write(plain)
-            rasterio.shutil.copy(
-                plain, target, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=BLOCK,
-                RESAMPLING=resampling, BIGTIFF="IF_SAFER",
-            )  # fmt: skip
 
-    atomic_write(path, produce)
+def to_cog(source: Path, target: Path, resampling: str) -> None:
+    """Copy ``source`` to ``target`` as a cloud-optimized GeoTIFF (GDAL's COG driver,
+    overviews resampled with ``resampling``)."""
+    rasterio.shutil.copy(
+        source, target, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=BLOCK,
+        RESAMPLING=resampling, BIGTIFF="IF_SAFER",
+    )  # fmt: skip
 
 
 def write_rows(
-    path: Path,
-    profile: dict[str, Any],
-    names: list[str],
-    tags: dict[str, Any],
-    blocks: Iterator[np.ndarray],
-) -> None:
-    """Stream encoded rows (bands, n, W), top to bottom, into a new GeoTIFF."""
-    with rasterio.open(path, "w", **profile) as dst:
+    partial: PartialRaster, names: list[str], tags: dict[str, Any], blocks: Iterator[np.ndarray]
+) -> Path:
+    """Stream encoded rows (bands, n, W), top to bottom from row ``partial.rows_done``,
+    into the partial GeoTIFF; the complete file."""
+    dst = partial.open()
+    if not partial.rows_done:
         dst.descriptions = tuple(names)
         dst.update_tags(**tags)
-        writer = RowBlockWriter(dst)
+    writer = RowBlockWriter(dst, partial.rows_done, partial.written)
+    try:
         for rows in blocks:
             writer.add(rows)
-        writer.close()
+    except BaseException:
+        writer.dst.close()
+        if not partial.note.is_file():  # nothing flushed yet: nothing worth resuming
+            partial.discard()
+        raise
+    return partial.finish(writer.close())
+
+
+def publish_output(partial: PartialRaster, complete: Path, cog: bool, resampling: str) -> None:
+    """Move the ``complete`` file into place (as a cloud-optimized copy when ``cog``)."""
+    if cog:
+        atomic_write(partial.out, lambda target: to_cog(complete, target, resampling))
+        partial.discard()
+    else:
+        publish(complete, partial.out)
+
+
+def refill(reservoir: Reservoir, path: Path, rows: int) -> None:
+    """Offer the valid vectors of the first ``rows`` rows of the map ``path`` (a resumed
+    run's earlier part) to ``reservoir``."""
+    with rasterio.open(path) as src:
+        for top in range(0, rows, BLOCK):
+            window = Window(0, top, src.width, min(BLOCK, rows - top))
+            block = src.read(window=window)  # (D, n, W)
+            vectors = block.reshape(len(block), -1).T  # (n * W, D)
+            reservoir.add(vectors[np.isfinite(vectors).all(axis=1)])
 
 
 def write_embedding(
-    out: Path,
+    partial: PartialRaster,
     pca_out: Path,
-    profile: dict[str, Any],
     names: list[str],
     tags: dict[str, Any],
     rows: Iterator[Rows],
     cog: bool,
 ) -> None:
-    """The (D, H', W') float32 embedding map ``out``, sampling valid cells while it streams;
-    then ``pca_out``, its 3-band uint8 PCA picture, from a second pass over the map."""
+    """The (D, H', W') float32 embedding map, sampling valid cells while it streams; then
+    ``pca_out``, its 3-band uint8 PCA picture, from a second pass over the map."""
     reservoir = Reservoir(len(names))
+    if partial.rows_done:
+        refill(reservoir, partial.path, partial.rows_done)
 
     def sampled() -> Iterator[np.ndarray]:
         for values, valid in rows:
             reservoir.add(values[:, valid].T)  # (n, D)
             yield to_floats(values, valid)
 
-    map_profile = {**profile, "count": len(names), "dtype": "float32", "nodata": np.nan}
-    pca_profile = {**profile, "count": 3, "dtype": "uint8", "nodata": 0, "photometric": "RGB"}
+    complete = write_rows(partial, names, tags, sampled())
+    stretch = PcaStretch.fit(reservoir.vectors())
+    pca_profile = {**partial.profile, "count": 3, "dtype": "uint8", "nodata": 0}
 
-    def write(path: Path) -> None:
-        write_rows(path, map_profile, names, tags, sampled())
-        stretch = PcaStretch.fit(reservoir.vectors())
+    def paint(target: Path) -> None:
+        write_pca_picture(complete, target, stretch, {**pca_profile, "photometric": "RGB"})
 
-        def paint(target: Path) -> None:
-            write_pca_picture(path, target, stretch, pca_profile)
-
-        write_output(pca_out, paint, cog, "average")
-
-    write_output(out, write, cog, "average")
+    write_output(pca_out, paint, cog, "average")
+    publish_output(partial, complete, cog, "average")

@@ -7,6 +7,8 @@ most one block row (plus one stride) of encoded output.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from rasterio.io import DatasetWriter
 from rasterio.windows import Window
@@ -107,13 +109,25 @@ def to_floats(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 class RowBlockWriter:
     """Writes finished rows (bands, n, W) top-down to ``dst`` in whole ``BLOCK``-row
-    windows, so each compressed tile is written once, never patched."""
+    windows, so each compressed tile is written once, never patched.
 
-    def __init__(self, dst: DatasetWriter) -> None:
-        self.dst = dst
+    Args:
+        dst: the open output dataset.
+        first_row: the output row the first rows given belong to (a resumed run).
+        written: called after each write with the dataset and the rows on disk; returns
+            the dataset to go on with (it may flush and reopen it).
+    """
+
+    def __init__(
+        self,
+        dst: DatasetWriter,
+        first_row: int = 0,
+        written: Callable[[DatasetWriter, int], DatasetWriter] | None = None,
+    ) -> None:
+        self.dst, self.written = dst, written
         self.pending: list[np.ndarray] = []
         self.pending_rows = 0
-        self.next_row = 0
+        self.next_row = first_row
 
     def add(self, rows: np.ndarray) -> None:
         self.pending.append(rows)
@@ -121,10 +135,11 @@ class RowBlockWriter:
         if self.pending_rows >= BLOCK:
             self._write(self.pending_rows // BLOCK * BLOCK)
 
-    def close(self) -> None:
-        """Write what is left (the last, partial block row)."""
+    def close(self) -> DatasetWriter:
+        """Write what is left (the last, partial block row); the dataset written to."""
         if self.pending_rows:
             self._write(self.pending_rows)
+        return self.dst
 
     def _write(self, count: int) -> None:
         stacked = np.concatenate(self.pending, axis=1)  # (bands, pending, W)
@@ -133,3 +148,5 @@ class RowBlockWriter:
         self.next_row += count
         rest = stacked[:, count:].copy()
         self.pending, self.pending_rows = ([rest] if rest.shape[1] else []), rest.shape[1]
+        if self.written is not None:
+            self.dst = self.written(self.dst, self.next_row)

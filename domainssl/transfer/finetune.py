@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from domainssl.models.parallel import spread
 from domainssl.transfer.cls_metrics import score
 from domainssl.transfer.knn import KNNHead
 from domainssl.transfer.labeled import LabeledSet
@@ -28,6 +29,8 @@ class FinetuneConfig:
     """The pretrained backbone learns this many times slower than the new head."""
     weight_decay: float = 1e-4
     seed: int = 0
+    devices: int = 1
+    """CUDA devices each training batch is split across."""
 
 
 class Classifier(nn.Module):
@@ -75,13 +78,14 @@ def finetune(
     )
     multilabel = data.multilabel
     best = (-1.0, copy.deepcopy(model.state_dict()))
+    forward = spread(model, config.devices)
     start = time.monotonic()
     for _ in range(config.epochs):
         model.train()
         order = train[torch.randperm(len(train))]
         for step in range(steps_per_epoch):
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            logits = model(flip_rotate(inputs[batch].to(device)))
+            logits = forward(flip_rotate(inputs[batch].to(device)))
             target = data.targets[batch].to(device)
             loss = (
                 F.binary_cross_entropy_with_logits(logits, target)

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from domainssl.export import BackboneMeta, preprocess
+from domainssl.models.parallel import spread
 from domainssl.transfer.seg_data import Sample, SegmentationSet
 from domainssl.transfer.seg_metrics import (
     SegmentationMetrics,
@@ -81,6 +82,8 @@ class SegmentTrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     num_workers: int = 0
+    devices: int = 1
+    """CUDA devices each training batch is split across."""
 
 
 @dataclass
@@ -126,6 +129,7 @@ def fit_segmenter(
         pin_memory=target.type == "cuda",
     )
     ignore = train_set.encoding.ignore_index
+    forward = spread(model, config.devices)
     start, steps, losses = time.monotonic(), 0, []
     for _ in range(config.epochs):
         model.train()
@@ -137,7 +141,7 @@ def fit_segmenter(
             if not bool((masks != ignore).any()):
                 continue
             images = preprocess(meta, batch["image"].to(target, non_blocking=True))  # (B, C, T, T)
-            loss = F.cross_entropy(model(images), masks, ignore_index=ignore)
+            loss = F.cross_entropy(forward(images), masks, ignore_index=ignore)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
