@@ -2,6 +2,7 @@
 against in-memory references, atomic output, band checks and embedding maps."""
 
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -275,25 +276,23 @@ def test_a_resumed_run_skips_finished_rows_and_equals_an_uninterrupted_one(
     models: dict, scene: Path, monkeypatch: pytest.MonkeyPatch, probabilities: bool
 ) -> None:
     monkeypatch.setattr(partial_module, "FLUSH_INTERVAL_S", 0.0)
-    settings = {"tile": 32, "overlap": 8, "batch_size": 2, "num_workers": 0}
+    run = partial(infer_geotiff, tile=32, overlap=8, batch_size=2, num_workers=0)
     whole = scene.parent / "whole.tif"
     monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: PixelModel())
-    full = infer_geotiff(models["segment"], scene, whole, probabilities=probabilities, **settings)
+    full = run(models["segment"], scene, whole, probabilities=probabilities)
     out = scene.parent / "out" / "prediction.tif"
     # 13 x 4 tiles, 2 per batch, batches without a valid pixel skipped: call 20 ends tile
     # row 10, whose rows reach 264, so rows 0..255 are flushed before call 21 stops the run
     monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: FailsAtCall(21))
     with pytest.raises(KeyboardInterrupt):
-        infer_geotiff(models["segment"], scene, out, probabilities=probabilities, **settings)
+        run(models["segment"], scene, out, probabilities=probabilities)
     assert not out.exists()
     assert sorted(p.name for p in out.parent.iterdir()) == [
         ".prediction.tif.partial",
         ".prediction.tif.progress.json",
     ]
     monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: PixelModel())
-    resumed = infer_geotiff(
-        models["segment"], scene, out, probabilities=probabilities, resume=True, **settings
-    )
+    resumed = run(models["segment"], scene, out, probabilities=probabilities, resume=True)
     assert list(out.parent.iterdir()) == [out]
     # rows 0..255 were on disk: tile rows 10..12 (those reaching past row 255) run again,
     # less their tiles in column 3, inside the nodata block
@@ -310,9 +309,9 @@ def test_resume_ignores_a_partial_output_of_other_settings(
     with pytest.raises(KeyboardInterrupt):
         infer_geotiff(models["segment"], scene, out, tile=32, batch_size=2, num_workers=0)
     monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: PixelModel())
-    other = {"tile": 32, "overlap": 4, "batch_size": 2, "num_workers": 0}
-    resumed = infer_geotiff(models["segment"], scene, out, resume=True, **other)
-    fresh = infer_geotiff(models["segment"], scene, scene.parent / "fresh.tif", **other)
+    other = partial(infer_geotiff, tile=32, overlap=4, batch_size=2, num_workers=0)
+    resumed = other(models["segment"], scene, out, resume=True)
+    fresh = other(models["segment"], scene, scene.parent / "fresh.tif")
     assert resumed.tiles_run == fresh.tiles_run  # started afresh: the overlap differs
     np.testing.assert_array_equal(read(out)[0], read(scene.parent / "fresh.tif")[0])
 
@@ -323,9 +322,9 @@ def test_a_resumed_embedding_map_and_picture_equal_an_uninterrupted_run(
     monkeypatch.setattr(partial_module, "FLUSH_INTERVAL_S", 0.0)
     array = np.random.default_rng(1).integers(100, 3000, (3, 1100, 12)).astype(np.uint16)
     source = write_geotiff(tmp_path / "tall.tif", array)
-    settings = {"tile": 4, "batch_size": 64, "num_workers": 0}
+    run = partial(infer_geotiff, tile=4, batch_size=64, num_workers=0)
     whole = tmp_path / "whole.tif"
-    infer_geotiff(models["embed"], source, whole, **settings)
+    run(models["embed"], source, whole)
     backbone, _ = load_backbone(models["embed"])
 
     class FailsLate(nn.Module):
@@ -342,9 +341,9 @@ def test_a_resumed_embedding_map_and_picture_equal_an_uninterrupted_run(
     monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: FailsLate())
     out = tmp_path / "out" / "embedding.tif"
     with pytest.raises(KeyboardInterrupt):
-        infer_geotiff(models["embed"], source, out, **settings)
+        run(models["embed"], source, out)
     monkeypatch.undo()
-    resumed = infer_geotiff(models["embed"], source, out, resume=True, **settings)
+    resumed = run(models["embed"], source, out, resume=True)
     assert resumed.tiles_run == (275 - 256) * 3
     np.testing.assert_array_equal(read(out)[0], read(whole)[0])
     pictures = out.with_name("embedding_pca.tif"), whole.with_name("whole_pca.tif")
