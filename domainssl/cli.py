@@ -51,7 +51,7 @@ def parse_devices(devices: str | None) -> int | str | None:
 
 
 Domain = Annotated[str, typer.Option(help="Domain: eo or pathology.")]
-Method = Annotated[str | None, typer.Option(help="simclr, moco, byol or simsiam.")]
+Method = Annotated[str | None, typer.Option(help="simclr, moco, byol, simsiam or orl.")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML run config to use.")]
 Data = Annotated[str | None, typer.Option(help="Folder of chips or GeoTIFF scene(s).")]
 Sets = Annotated[
@@ -89,6 +89,9 @@ def pretrain(
     resume: Annotated[
         Path | None, typer.Option(help="Run folder to continue from its last checkpoint.")
     ] = None,
+    init: Annotated[
+        Path | None, typer.Option(help="ORL: a finished pretrain run used as stage 1.")
+    ] = None,
 ) -> None:
     """Pretrain an encoder with self-supervised learning and export its backbone."""
     from domainssl.pretrain import pretrain as run_pretraining
@@ -108,6 +111,7 @@ def pretrain(
         "trainer.precision": precision,
         "out": out,
         "name": name,
+        "method.orl_init": None if init is None else str(init),
     }
     if resume is not None:
         run_config = resumed_config(resume, overrides, set_ or [])
@@ -159,16 +163,27 @@ def views(
     samples: Annotated[int, typer.Option(help="Rows: samples shown.")] = 8,
     count: Annotated[int, typer.Option(help="Columns: views per sample.")] = 6,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    crops: Annotated[
+        str | None, typer.Option(help="random, object_aware or scene_object (views.crops).")
+    ] = None,
 ) -> None:
-    """Render original samples next to random views, to see what training ignores."""
+    """Render original samples next to random views, to see what training ignores.
+
+    With object-aware crops, views come in pairs around one proposal box per sample,
+    drawn on the original.
+    """
     import torch
 
     from domainssl.data.datamodule import prepare_pretrain_data
+    from domainssl.data.proposal_cache import random_box
     from domainssl.stain_setup import StainSetup
-    from domainssl.views.presets import Standardize, build_views
+    from domainssl.views.object_crops import draw_boxes
+    from domainssl.views.presets import Standardize, build_views, view_pair
+    from domainssl.views.proposals import ProposalSettings, propose
     from domainssl.views.render import save_view_grid
 
-    run_config = load_config(domain, method, config, {"data.path": data}, set_)
+    overrides = {"data.path": data, "views.crops": crops}
+    run_config = load_config(domain, method, config, overrides, set_)
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         stain = StainSetup(run_config.data, Path(tmp))
@@ -177,13 +192,19 @@ def views(
     raw = torch.stack([prepared.dataset[i]["image"] for i in picks]).float()
     pipeline = build_views(run_config.views, prepared.stats.mean, prepared.stats.std)
     originals = Standardize(prepared.stats.mean, prepared.stats.std)(raw)
-    augmented = [pipeline(raw) for _ in range(count)]
+    boxes = None
+    if run_config.views.crops != "random":
+        settings = ProposalSettings.from_views(run_config.views)
+        boxes = torch.stack([random_box(propose(image, settings)) for image in raw])
+        originals = draw_boxes(originals, boxes)
+    pairs = [view_pair(pipeline, raw, boxes) for _ in range(0, count, 2)]
+    augmented = [view for pair in pairs for view in pair][:count]
     save_view_grid(originals, augmented, prepared.band_names, out)
     typer.echo(f"Wrote {out}: {len(picks)} samples (rows), original + {count} views each.")
 
 
-Task = Literal["classify", "segment"]
-Protocol = Literal["linear", "knn", "finetune"]
+Task = Literal["classify", "segment", "reid"]
+Protocol = Literal["linear", "knn", "finetune", "all", "indoor", "v2t", "t2v", "ir2rgb", "rgb2ir"]
 
 
 @app.command()
@@ -191,10 +212,13 @@ Protocol = Literal["linear", "knn", "finetune"]
 def transfer(
     run_dir: Annotated[Path, typer.Argument(help="Folder of a finished `domainssl pretrain`.")],
     data: Annotated[Path, typer.Option(help="Labeled data (class folders, CSV, train/test).")],
-    task: Annotated[Task, typer.Option(help="classify or segment.")] = "classify",
+    task: Annotated[Task, typer.Option(help="classify, segment or reid.")] = "classify",
     protocol: Annotated[
         Protocol,
-        typer.Option(help="linear (frozen backbone), knn (classify only), or finetune."),
+        typer.Option(
+            help="linear (frozen backbone), knn (classify only), or finetune. Re-ID (frozen): "
+            "all / indoor (SYSU-MM01), v2t / t2v (RegDB), ir2rgb / rgb2ir; linear = the first."
+        ),
     ] = "linear",
     baseline: Annotated[
         Literal["pretrained", "random"],
@@ -207,6 +231,9 @@ def transfer(
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
     lr: Annotated[float, typer.Option(help="Learning rate of the new head / decoder.")] = 1e-3,
     tile: Annotated[int, typer.Option(help="Segmentation: training / prediction tile (px).")] = 256,
+    trials: Annotated[
+        int, typer.Option(help="Re-ID: trials averaged (SYSU-MM01 gallery draws, RegDB splits).")
+    ] = 10,
     accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "auto",
     devices: Annotated[int, typer.Option(help="GPUs each training batch is split across.")] = 1,
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
@@ -229,6 +256,18 @@ def transfer(
     check_resolution(read_meta(run_dir), mpp, str(data))
     seconds = parse_duration(max_time) if max_time is not None else None
     device = pick_device(accelerator)
+    if task == "reid":
+        from domainssl.transfer.reid_eval import ReidSettings, transfer_reid
+
+        reid = ReidSettings(protocol, trials, baseline, batch_size, device)
+        metrics, out_dir = transfer_reid(run_dir, data, out, reid)
+        typer.echo(
+            f"{metrics['dataset']} {metrics['protocol']}, {metrics['trials']} trials: rank-1 "
+            f"{metrics['rank1']:.4f}, mAP {metrics['mAP']:.4f}; wrote {out_dir} (read report.md)."
+        )
+        return
+    if protocol not in ("linear", "knn", "finetune"):
+        raise DomainSSLError(f"--protocol {protocol} is for --task reid (not {task}).")
     suffix = "-random" if baseline == "random" else ""
     out_dir = out or run_dir.parent / f"{run_dir.name}-{task}-{protocol}{suffix}"
     if task == "segment":

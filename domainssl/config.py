@@ -56,6 +56,9 @@ class DataConfig(_Section):
     """Samples used for the streaming per-band mean/std."""
     cache_in_memory_gb: float = 4.0
     """Chips are decoded once into RAM when they fit in this many GB (else read per step)."""
+    person_size: tuple[int, int] = (288, 144)
+    """Re-ID: (height, width) every person image is resized to (288x144 is the usual SYSU-MM01
+    size)."""
     batch_size: int = 256
     num_workers: int = 2
 
@@ -63,7 +66,7 @@ class DataConfig(_Section):
 class ViewsConfig(_Section):
     """Batch-level augmentation (the views the model learns to be invariant to)."""
 
-    preset: Literal["eo", "pathology"] = "eo"
+    preset: Literal["eo", "pathology", "reid"] = "eo"
     crop_size: int = 32
     """Output side (px) of each view."""
     crop_scale: tuple[float, float] = (0.25, 1.0)
@@ -85,6 +88,31 @@ class ViewsConfig(_Section):
     """Pathology: multiplicative HED stain jitter (Tellez et al. 2018 "HED-light": 0.05)."""
     hed_bias: float = 0.05
     """Pathology: additive HED stain jitter."""
+    crops: Literal["random", "object_aware", "scene_object"] = "random"
+    """``object_aware`` (Mishra et al. 2022): one view inside an object proposal, the other in
+    the same box dilated; ``scene_object``: one object view, one whole-scene view."""
+    object_scale: tuple[float, float] = (0.5, 1.0)
+    """Object-aware: area range (s, 1) of the random resized crop inside the proposal box."""
+    box_dilation: tuple[float, float] = (1.1, 1.2)
+    """Object-aware: side factor by which the box of the other view is dilated."""
+    min_box_fraction: float = 0.3
+    """Object-aware: boxes with a side below this share of the image are padded to it."""
+    proposal_method: Literal["auto", "selective_search", "grouping", "nuclei"] = "auto"
+    """Object proposals: OpenCV selective search (3 bands), superpixel grouping (any bands),
+    nucleus-rich components (H&E); ``auto`` = selective search for 3 bands, else grouping."""
+    proposal_scale: float = 30.0
+    """Object proposals: Felzenszwalb scale of the base segmentation (larger = coarser)."""
+    proposal_min_side: int = 8
+    """Object proposals: smallest box side kept (px of the sample)."""
+    proposal_max_aspect: float = 3.0
+    proposal_top_k: int = 8
+    """Object proposals kept per image after NMS at IoU 0.5."""
+    channel_p: float = 0.3
+    """Re-ID: chance an RGB view becomes one random channel repeated to 3 (Ye et al. 2021)."""
+    gray_p: float = 0.2
+    """Re-ID: chance an RGB view becomes 3-channel gray (bridges RGB and infrared)."""
+    erase_p: float = 0.5
+    """Re-ID: chance of random erasing of a rectangle (Zhong et al. 2020)."""
 
 
 class ModelConfig(_Section):
@@ -102,7 +130,7 @@ class ModelConfig(_Section):
 class MethodConfig(_Section):
     """SSL method and its heads; keys a method does not use are ignored by it."""
 
-    name: Literal["simclr", "moco", "byol", "simsiam"] = "simclr"
+    name: Literal["simclr", "moco", "byol", "simsiam", "mmgl", "orl"] = "simclr"
     proj_hidden_dim: int = 1024
     proj_dim: int = 128
     pred_hidden_dim: int = 512
@@ -113,6 +141,30 @@ class MethodConfig(_Section):
     """MoCo: negatives kept from earlier batches."""
     momentum: float = 0.99
     """MoCo / BYOL: EMA momentum of the target (BYOL raises it to 1 on a cosine schedule)."""
+    stripes: int = 4
+    """MMGL: horizontal stripes (parts) each person image is cut into."""
+    permutations: int = 24
+    """MMGL: size of the fixed stripe-permutation set (at most stripes!)."""
+    cycle_weight: float = 1.0
+    """MMGL: weight of the part-aware cycle-contrastive loss."""
+    cycle_temperature: float = 0.1
+    """MMGL: softmax temperature of the part-aware cycle-contrastive loss."""
+    two_stream: bool = False
+    """MMGL: separate RGB / infrared stems with shared deep layers (else one stream)."""
+    orl_init: str | None = None
+    """ORL: an existing pretrain run folder used as stage 1 (then stage 1 is skipped)."""
+    orl_stage_shares: tuple[float, float, float] = (0.4, 0.2, 0.4)
+    """ORL: shares of ``trainer.max_time`` for stages 1, 2 and 3 (unused time moves on)."""
+    orl_neighbors: int = 10
+    """ORL stage 2: nearest images (cosine) retrieved per image (Xie et al. 2021: 10)."""
+    orl_top_fraction: float = 0.1
+    """ORL stage 2: share of RoI-RoI pairs kept per image-neighbour pair (Xie et al.: 10%)."""
+    orl_mine_images: int | None = None
+    """ORL stage 2: mine pairs among this many randomly chosen images (None = all)."""
+    orl_jitter_iou: float = 0.5
+    """ORL stage 3: the intra-image RoI pair are two jitters of a box with IoU above this."""
+    orl_loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """ORL stage 3: weights of the global, intra-image RoI and inter-image RoI losses."""
 
 
 class OptimizerConfig(_Section):
@@ -161,7 +213,7 @@ class TrainerConfig(_Section):
 class RunConfig(_Section):
     """A whole pretraining run."""
 
-    domain: Literal["eo", "pathology"] = "eo"
+    domain: Literal["eo", "pathology", "reid"] = "eo"
     out: str = "runs"
     """Parent folder of run folders."""
     name: str | None = None

@@ -6,6 +6,7 @@ import csv
 import os
 import shutil
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,14 @@ from lightning.pytorch.loggers import CSVLogger
 
 from domainssl.checkpointing import LAST_CHECKPOINT, AtomicCheckpointIO, PeriodicCheckpoint
 from domainssl.config import RunConfig, to_yaml
-from domainssl.data.datamodule import prepare_pretrain_data, train_loader
+from domainssl.data.datamodule import PretrainData, prepare_pretrain_data, train_loader
 from domainssl.errors import DomainSSLError
 from domainssl.export import BackboneMeta, export_backbone
 from domainssl.io import atomic_write, atomic_write_text
 from domainssl.methods import METHODS
 from domainssl.runinfo import write_run_info
 from domainssl.stain_setup import StainSetup
+from domainssl.views.proposals import ProposalSettings
 
 RUN_DIR_ENV = "DOMAINSSL_RUN_DIR"  # shared with the DDP worker processes Lightning starts
 SESSION_LOGS = "logs"
@@ -104,14 +106,25 @@ def build_trainer(config: RunConfig, run_dir: Path, progress_bar: bool = True) -
     )
 
 
-def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool = True) -> Path:
+def pretrain(
+    config: RunConfig,
+    resume: Path | None = None,
+    progress_bar: bool = True,
+    dataset_hook: Callable[[PretrainData], PretrainData] | None = None,
+) -> Path:
     """Train the configured method and export its backbone; returns the run folder.
 
     Args:
         config: the resolved run config.
         resume: a run folder to continue from its ``checkpoints/last.ckpt``.
         progress_bar: show Lightning's progress bar.
+        dataset_hook: changes the prepared data before training (ORL's stage 3 adds its
+            mined object pairs); ``method.name`` orl without it runs all ORL stages.
     """
+    if config.method.name == "orl" and dataset_hook is None:
+        from domainssl.orl import pretrain_orl
+
+        return pretrain_orl(config, resume, progress_bar)
     run_dir = resume if resume is not None else new_run_dir(config)
     checkpoint = run_dir / LAST_CHECKPOINT
     if resume is not None and not checkpoint.is_file():
@@ -124,9 +137,13 @@ def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool =
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     try:
         stain = StainSetup(config.data, run_dir)
+        needs_boxes = config.views.crops != "random" or config.method.name == "orl"
+        proposals = ProposalSettings.from_views(config.views) if needs_boxes else None
         data = prepare_pretrain_data(
-            config.data, config.domain, run_dir, config.trainer.seed, preprocess=stain
+            config.data, config.domain, run_dir, config.trainer.seed, stain, proposals
         )
+        if dataset_hook is not None:
+            data = dataset_hook(data)
     except DomainSSLError:
         if is_new:  # bad data: leave no empty run folder behind
             shutil.rmtree(run_dir, ignore_errors=True)

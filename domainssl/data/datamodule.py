@@ -14,9 +14,18 @@ from domainssl.data.eo import SceneWindows, list_scenes
 from domainssl.data.folder import ChipFolder, ImageTransform, InMemoryChips, apply_transform
 from domainssl.data.imageio import RGB_NAMES
 from domainssl.data.pathology import SlidePatches, is_slide, list_slides, open_slide_grids
+from domainssl.data.proposal_cache import ProposalBoxes, compute_proposals
+from domainssl.data.reid import (
+    DATA_HELP,
+    ModalityPairs,
+    ModalityPairSampler,
+    PersonImages,
+    training_images,
+)
 from domainssl.data.stats import BandStats, compute_band_stats
 from domainssl.errors import DomainSSLError
 from domainssl.paths import DATASETS_DIR, REPO_ROOT, repo_resource
+from domainssl.views.proposals import ProposalSettings
 
 DEMO_DATA = {
     "eo": DATASETS_DIR / "eurosat_demo",
@@ -47,6 +56,8 @@ def resolve_data_path(config: DataConfig, domain: str) -> Path:
     repository root, where the shipped configs point (``datasets/...``).
     """
     if config.path is None:
+        if domain not in DEMO_DATA:
+            raise DomainSSLError(f"--domain {domain} has no embedded demo data. {DATA_HELP}")
         return repo_resource(DEMO_DATA[domain])
     path = Path(config.path).expanduser()
     if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
@@ -72,7 +83,10 @@ def detect_kind(path: Path, kind: str, domain: str) -> str:
 def build_dataset(
     config: DataConfig, path: Path, domain: str, run_dir: Path
 ) -> tuple[Dataset, list[str]]:
-    """Dataset and band names for chips, scenes or slides (grids cached in ``run_dir``)."""
+    """Dataset and band names for chips, scenes or slides (grids cached in ``run_dir``);
+    re-ID: the training part of a SYSU-MM01, RegDB or generic RGB-IR layout."""
+    if domain == "reid":
+        return PersonImages(training_images(path), config.person_size), list(RGB_NAMES)
     kind = detect_kind(path, config.kind, domain)
     if kind == "scenes":
         scenes = SceneWindows(
@@ -107,11 +121,14 @@ def prepare_pretrain_data(
     run_dir: Path,
     seed: int = 0,
     preprocess: Callable[[Dataset], ImageTransform | None] | None = None,
+    proposals: ProposalSettings | None = None,
 ) -> PretrainData:
     """Build the dataset and load (or compute and cache) its per-band stats.
 
     ``preprocess``, given the dataset, returns a deterministic per-image step (such as
     stain normalization) applied to every sample before the stats and the views.
+    ``proposals``, when given, makes every sample carry one object proposal ``box``
+    (cached in ``run_dir/proposals`` for chips; computed per window for scenes and slides).
     """
     path = resolve_data_path(config, domain)
     dataset, band_names = build_dataset(config, path, domain, run_dir)
@@ -128,7 +145,14 @@ def prepare_pretrain_data(
     else:
         stats = compute_band_stats(dataset, config.stats_samples, source, seed=seed)
         stats.save(stats_file)
-    mpp = config.mpp if detect_kind(path, config.kind, domain) == "slides" else None
+    kind = detect_kind(path, config.kind, domain)
+    if proposals is not None:
+        store = None
+        if kind == "chips":
+            cache = run_dir / "proposals"
+            store = compute_proposals(dataset, cache, proposals, source, config.num_workers)
+        dataset = ProposalBoxes(dataset, store, proposals)
+    mpp = config.mpp if kind == "slides" else None
     return PretrainData(dataset, band_names, stats, str(path), mpp)
 
 
@@ -139,8 +163,22 @@ def _channels(dataset: Dataset) -> int:
 
 
 def train_loader(data: PretrainData, config: DataConfig) -> DataLoader:
-    """Shuffled, drop-last batches; in-memory chips need no worker processes."""
-    in_memory = isinstance(data.dataset, InMemoryChips)
+    """Shuffled, drop-last batches; in-memory chips need no worker processes.
+
+    Re-ID images come as unpaired (RGB, infrared) pairs in random order.
+    """
+    if isinstance(data.dataset, PersonImages):
+        modalities = [item.modality for item in data.dataset.images]
+        pairs = ModalityPairSampler(modalities, seed=torch.initial_seed() % 2**31)
+        return DataLoader(
+            ModalityPairs(data.dataset),
+            batch_size=config.batch_size,
+            sampler=pairs,
+            drop_last=len(pairs) > config.batch_size,
+            num_workers=config.num_workers,
+            persistent_workers=config.num_workers > 0,
+        )
+    in_memory = getattr(data.dataset, "in_memory", isinstance(data.dataset, InMemoryChips))
     workers = 0 if in_memory else config.num_workers
     return DataLoader(
         data.dataset,

@@ -2,7 +2,9 @@
 
 from domainssl.methods.base import SSLMethod
 from domainssl.methods.byol import BYOL
+from domainssl.methods.mmgl import MMGL
 from domainssl.methods.moco import MoCo
+from domainssl.methods.orl import ORL
 from domainssl.methods.simclr import SimCLR
 from domainssl.methods.simsiam import SimSiam
 
@@ -11,6 +13,8 @@ METHODS: dict[str, type[SSLMethod]] = {
     "moco": MoCo,
     "byol": BYOL,
     "simsiam": SimSiam,
+    "mmgl": MMGL,
+    "orl": ORL,
 }
 
-__all__ = ["BYOL", "METHODS", "MoCo", "SSLMethod", "SimCLR", "SimSiam"]
+__all__ = ["BYOL", "METHODS", "MMGL", "ORL", "MoCo", "SSLMethod", "SimCLR", "SimSiam"]

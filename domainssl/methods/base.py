@@ -19,7 +19,7 @@ from torch import nn
 from domainssl.config import RunConfig
 from domainssl.methods.optim import build_optimizer, warmup_cosine
 from domainssl.models.backbones import create_backbone, load_backbone_weights
-from domainssl.views.presets import build_views
+from domainssl.views.presets import build_views, view_pair
 
 
 @torch.no_grad()
@@ -114,10 +114,11 @@ class SSLMethod(L.LightningModule):
         """The method's loss on two views, and the embedding watched for collapse."""
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Make two standardized views, on the batch's device (GPU when there is one)."""
+        """Make two standardized views, on the batch's device (GPU when there is one);
+        object-aware crops use the samples' proposal ``box`` when the loader gives one."""
         with torch.no_grad():
             images = batch["image"].float()
-            batch["views"] = (self.views(images), self.views(images))
+            batch["views"] = view_pair(self.views, images, batch.get("box"))
         return batch
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

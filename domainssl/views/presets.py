@@ -12,6 +12,14 @@ from torch import nn
 from domainssl.config import ViewsConfig
 from domainssl.errors import DomainSSLError
 from domainssl.views.crops import random_crop_affine, resample
+from domainssl.views.modality import (
+    grayscale,
+    horizontal_flip,
+    random_channel,
+    random_erasing,
+    to_three_channels,
+)
+from domainssl.views.object_crops import object_crop_pair
 from domainssl.views.spectral import band_dropout, band_jitter, gaussian_noise, random_blur
 from domainssl.views.stain import hed_jitter
 
@@ -43,10 +51,13 @@ class EOViews(nn.Module):
         self.config = config
         self.standardize = Standardize(mean, std)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """One random view of raw (B, C, H, W) pixels: standardized (B, C, crop, crop)."""
+    def forward(self, images: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """One random view of raw (B, C, H, W) pixels: standardized (B, C, crop, crop).
+
+        ``theta`` (B, 2, 3), when given, is the crop to use instead of a random one.
+        """
         cfg = self.config
-        views = crop_flip_rotate(self.standardize(images), cfg)
+        views = crop_flip_rotate(self.standardize(images), cfg, theta)
         views = band_jitter(views, cfg.jitter_p, cfg.brightness, cfg.contrast)
         views = band_dropout(views, cfg.band_dropout_p)
         views = random_blur(views, cfg.blur_p, cfg.blur_sigma)
@@ -66,16 +77,40 @@ class PathologyViews(nn.Module):
         self.config = config
         self.standardize = Standardize(mean, std)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
-        views = crop_flip_rotate(images / 255.0, cfg).clamp(0, 1)
+        views = crop_flip_rotate(images / 255.0, cfg, theta).clamp(0, 1)
         views = hed_jitter(views, cfg.hed_sigma, cfg.hed_bias)
         views = random_blur(views, cfg.blur_p, cfg.blur_sigma)
         return self.standardize(views * 255.0)
 
 
-def crop_flip_rotate(images: torch.Tensor, config: ViewsConfig) -> torch.Tensor:
-    """Random resized crop, flip and 90-degree rotation in one resampling."""
+class ReidViews(nn.Module):
+    """RGB-infrared person views at the loader's person shape: RGB views become one random
+    channel or gray at times (bridging to infrared), then flips and random erasing."""
+
+    def __init__(self, config: ViewsConfig, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.config = config
+        self.standardize = Standardize(mean, std)
+
+    def forward(self, images: torch.Tensor, infrared: bool = False) -> torch.Tensor:
+        """One view of raw (B, 1 or 3, H, W) pixels: standardized (B, 3, H, W)."""
+        cfg = self.config
+        views = to_three_channels(images.float())
+        if not infrared:
+            views = grayscale(random_channel(views, cfg.channel_p), cfg.gray_p)
+        views = horizontal_flip(self.standardize(views), cfg.flip_p)
+        return random_erasing(views, cfg.erase_p)
+
+
+def crop_flip_rotate(
+    images: torch.Tensor, config: ViewsConfig, theta: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Random resized crop, flip and 90-degree rotation (or the crop ``theta``) in one
+    resampling."""
+    if theta is not None:
+        return resample(images, theta, config.crop_size)
     theta = random_crop_affine(
         images.shape[0],
         config.crop_scale,
@@ -87,7 +122,23 @@ def crop_flip_rotate(images: torch.Tensor, config: ViewsConfig) -> torch.Tensor:
     return resample(images, theta, config.crop_size)
 
 
+def view_pair(
+    views: nn.Module, images: torch.Tensor, boxes: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two views of raw (B, C, H, W) images: independent random crops, or, with
+    ``views.crops`` object_aware / scene_object, crops around the (B, 4) proposal ``boxes``."""
+    config: ViewsConfig = views.config  # type: ignore[assignment]
+    if boxes is None or config.crops == "random":
+        return views(images), views(images)
+    first, second = object_crop_pair(boxes.to(images.device), config)
+    return views(images, first), views(images, second)
+
+
 def build_views(config: ViewsConfig, mean: list[float], std: list[float]) -> nn.Module:
     """The view pipeline named by ``views.preset``."""
-    presets: dict[str, type[nn.Module]] = {"eo": EOViews, "pathology": PathologyViews}
+    presets: dict[str, type[nn.Module]] = {
+        "eo": EOViews,
+        "pathology": PathologyViews,
+        "reid": ReidViews,
+    }
     return presets[config.preset](config, mean, std)
