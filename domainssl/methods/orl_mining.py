@@ -76,8 +76,9 @@ def knn_cosine(
                 cols = rows + q0 - k0
                 inside = (cols >= 0) & (cols < sims.shape[1])
                 sims[rows[inside], cols[inside]] = -math.inf
-            index = torch.arange(k0, k0 + sims.shape[1]).expand_as(sims)
-            merged_s, merged_i = torch.cat([best_s, sims], 1), torch.cat([best_i, index], 1)
+            block_s, block_i = sims.topk(min(k, sims.shape[1]), dim=1)  # (Q, k) of this block
+            merged_s = torch.cat([best_s, block_s], 1)
+            merged_i = torch.cat([best_i, block_i + k0], 1)
             best_s, top = merged_s.topk(min(k, merged_s.shape[1]), dim=1)
             best_i = merged_i.gather(1, top)
         all_sims.append(best_s)
