@@ -72,16 +72,17 @@ def cell_grid(height: int, width: int, tile: int, overlap: int) -> TileGrid:
     )
 
 
-def blend_weights(tile: int, floor: float = 0.01) -> np.ndarray:
+def blend_weights(tile: int) -> np.ndarray:
     """The (tile, tile) float32 window ``w(y, x) = v(y) * v(x)`` with
-    ``v(i) = floor + (1 - floor) * sin^2(pi * (i + 0.5) / tile)``.
+    ``v(i) = sin^2(pi * (i + 0.5) / tile)``.
 
-    A Hann-like bump: tile centres, where the model sees the most context, dominate and
-    tile edges fade out, so seams between tiles vanish (at ``overlap = tile / 2`` the
-    sin^2 parts of neighbours sum to a constant). The floor keeps every weight positive,
-    so pixels at the image border, which only an edge of one tile covers, still get a
-    prediction.
+    A Hann bump: tile centres, where the model sees the most context, dominate, and tile
+    edges fade out to almost nothing, so no step appears where a tile starts or ends (at
+    ``overlap = tile / 2`` neighbours sum to a constant). The half-pixel offset keeps every
+    weight positive, so pixels that only one tile's edge covers (image borders) still get
+    that tile's prediction exactly. A floor under the window leaves steps at tile borders:
+    on the Landsat-8 scene a 0.01 floor made them 1.19x as rough as tile interiors, no
+    floor 1.07x (bench/infer_seams.py).
     """
-    ramp = np.sin(np.pi * (np.arange(tile) + 0.5) / tile) ** 2
-    profile = floor + (1.0 - floor) * ramp  # (tile,)
+    profile = np.sin(np.pi * (np.arange(tile) + 0.5) / tile) ** 2  # (tile,)
     return np.outer(profile, profile).astype(np.float32)
