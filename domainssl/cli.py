@@ -92,6 +92,9 @@ def pretrain(
     init: Annotated[
         Path | None, typer.Option(help="ORL: a finished pretrain run used as stage 1.")
     ] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Stop at the first unreadable chip instead of skipping it.")
+    ] = False,
 ) -> None:
     """Pretrain an encoder with self-supervised learning and export its backbone."""
     from domainssl.pretrain import pretrain as run_pretraining
@@ -112,6 +115,7 @@ def pretrain(
         "out": out,
         "name": name,
         "method.orl_init": None if init is None else str(init),
+        "data.strict": True if strict else None,
     }
     if resume is not None:
         run_config = resumed_config(resume, overrides, set_ or [])

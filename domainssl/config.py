@@ -61,6 +61,8 @@ class DataConfig(_Section):
     size)."""
     batch_size: int = 256
     num_workers: int = 2
+    strict: bool = False
+    """Chips: an unreadable file is an error; False = skip it and list the skipped files."""
 
 
 class ViewsConfig(_Section):
@@ -194,6 +196,9 @@ class TrainerConfig(_Section):
     """Write ``checkpoints/last.ckpt`` after every this many epochs."""
     checkpoint_every_minutes: float | None = None
     """Instead, write it every this many minutes of training (for long epochs)."""
+    checkpoint_every_n_steps: int | None = None
+    """Also write it every this many optimizer steps (a mid-epoch resume is not replayed
+    batch for batch; epoch-end checkpoints are)."""
     log_every_n_steps: int = 10
     collapse_threshold: float = 0.1
     """Warn when the embedding std falls below this share of its healthy value 1/sqrt(dim)."""

@@ -15,7 +15,12 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from domainssl.checkpointing import LAST_CHECKPOINT, AtomicCheckpointIO, PeriodicCheckpoint
+from domainssl.checkpointing import (
+    LAST_CHECKPOINT,
+    AtomicCheckpointIO,
+    PeriodicCheckpoint,
+    epoch_seeded,
+)
 from domainssl.config import RunConfig, to_yaml
 from domainssl.data.datamodule import PretrainData, prepare_pretrain_data, train_loader
 from domainssl.errors import DomainSSLError
@@ -81,7 +86,12 @@ def build_trainer(config: RunConfig, run_dir: Path, progress_bar: bool = True) -
     cfg = config.trainer
     max_time = None if cfg.max_time_s is None else timedelta(seconds=cfg.max_time_s)
     callbacks: list[Any] = [
-        PeriodicCheckpoint(run_dir, cfg.checkpoint_every_n_epochs, cfg.checkpoint_every_minutes)
+        PeriodicCheckpoint(
+            run_dir,
+            cfg.checkpoint_every_n_epochs,
+            cfg.checkpoint_every_minutes,
+            cfg.checkpoint_every_n_steps,
+        )
     ]
     if progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
@@ -157,13 +167,13 @@ def pretrain(
     try:
         trainer.fit(
             method,
-            train_loader(data, config.data),
+            epoch_seeded(train_loader(data, config.data), trainer, config.trainer.seed),
             ckpt_path=checkpoint if resume is not None else None,
         )
     finally:
         if inherited is None:
             os.environ.pop(RUN_DIR_ENV, None)
-    trainer.save_checkpoint(checkpoint)
+    trainer.save_checkpoint(checkpoint, weights_only=False)
     if trainer.is_global_zero:
         merge_metrics(run_dir)
         meta = BackboneMeta(

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from domainssl.config import DataConfig
 from domainssl.data.eo import SceneWindows, list_scenes
 from domainssl.data.folder import ChipFolder, ImageTransform, InMemoryChips, apply_transform
-from domainssl.data.imageio import RGB_NAMES
+from domainssl.data.imageio import IMAGE_SUFFIXES, RGB_NAMES
 from domainssl.data.pathology import SlidePatches, is_slide, list_slides, open_slide_grids
 from domainssl.data.proposal_cache import ProposalBoxes, compute_proposals
 from domainssl.data.reid import (
@@ -75,6 +75,7 @@ def detect_kind(path: Path, kind: str, domain: str) -> str:
         return kind
     if domain == "pathology":
         is_slides = path.suffix.lower() == ".csv" or (path.is_file() and is_slide(path))
+        is_slides |= path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES
         has_slides = path.is_dir() and any(is_slide(p) for p in path.iterdir() if p.is_file())
         return "slides" if is_slides or has_slides else "chips"
     return "scenes" if path.is_file() else "chips"
@@ -107,7 +108,7 @@ def build_dataset(
             config.slide_mpp,
         )
         return SlidePatches(grids, config.samples_per_epoch), config.bands or list(RGB_NAMES)
-    chips = ChipFolder(path, size=config.sample_size, in_chans=config.in_chans)
+    chips = ChipFolder(path, config.sample_size, config.in_chans, config.strict)
     names = config.bands or chips.band_names
     bytes_per_chip = chips.in_chans * config.sample_size**2 * 4
     if len(chips) * bytes_per_chip <= config.cache_in_memory_gb * 1e9:

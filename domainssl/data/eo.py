@@ -14,7 +14,7 @@ from rasterio.windows import Window
 from torch.utils.data import Dataset
 
 from domainssl.data.folder import Sample, to_tensor
-from domainssl.data.imageio import IMAGE_SUFFIXES, band_names_of
+from domainssl.data.imageio import IMAGE_SUFFIXES, band_names_of, check_dtype
 from domainssl.errors import DomainSSLError
 
 MAX_DRAWS = 50
@@ -47,6 +47,10 @@ def open_raster(path: Path) -> rasterio.DatasetReader:
         raise DomainSSLError(
             f"{path}: cannot open this raster ({err}); it is corrupt or not a GeoTIFF."
         ) from None
+    except UnicodeEncodeError:
+        raise DomainSSLError(
+            f"{path!r}: the file name is not valid UTF-8, which GDAL cannot open: rename it."
+        ) from None
 
 
 class SceneWindows(Dataset[Sample]):
@@ -76,6 +80,7 @@ class SceneWindows(Dataset[Sample]):
         shapes, nodata = [], []
         for path in scenes:
             with open_raster(path) as src:
+                check_dtype(path, src.dtypes[0])
                 if src.width < size or src.height < size:
                     raise DomainSSLError(
                         f"{path} is {src.width}x{src.height} px, smaller than the window "
@@ -119,13 +124,20 @@ class SceneWindows(Dataset[Sample]):
             rows, cols = self.extents[scene]
             top, left = int(torch.randint(rows, ())), int(torch.randint(cols, ()))
             window = Window(left, top, self.size, self.size)
-            array = self._handle(scene).read(window=window)
+            try:
+                array = self._handle(scene).read(window=window)
+            except RasterioIOError as err:
+                raise DomainSSLError(
+                    f"{self.scenes[scene]}: reading a window failed ({err}); the file is "
+                    "corrupt or truncated: re-export it or remove it."
+                ) from None
             if self.nodata_fraction(array, self.nodata[scene]) <= self.max_nodata_fraction:
                 return {"image": to_tensor(array), "label": -1}
         raise DomainSSLError(
             f"{MAX_DRAWS} random windows in a row had more than "
-            f"{self.max_nodata_fraction:.0%} nodata ({', '.join(map(str, self.scenes))}): "
-            "the scenes are mostly empty; raise data.max_nodata_fraction or crop them."
+            f"{self.max_nodata_fraction:.0%} nodata or NaN/inf pixels "
+            f"({', '.join(map(str, self.scenes))}): the scenes are mostly empty; raise "
+            "data.max_nodata_fraction, crop them or fill the NaN/inf values."
         )
 
     @staticmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,33 @@ def list_images(root: Path) -> list[Path]:
     return sorted(files)
 
 
+def readable_images(files: list[Path], strict: bool = False) -> tuple[list[Path], list[str]]:
+    """Files that decode, and one line per file that does not (a warning lists them).
+
+    With ``strict`` the first bad file is an error; without, bad files are skipped and
+    only a folder with no readable file is an error.
+    """
+    good, skipped = [], []
+    for path in files:
+        try:
+            read_image(path)
+        except DomainSSLError as err:
+            if strict:
+                raise
+            skipped.append(str(err))
+            continue
+        good.append(path)
+    if not good:
+        raise DomainSSLError(f"No readable image among {len(files)} files: {skipped[0]}")
+    if skipped:
+        warnings.warn(
+            f"{len(skipped)} of {len(files)} images skipped (data.strict=true or --strict "
+            "makes this an error):\n  " + "\n  ".join(skipped),
+            stacklevel=2,
+        )
+    return good, skipped
+
+
 def to_tensor(array: np.ndarray) -> torch.Tensor:
     """uint8 stays uint8 (4x less memory); every other dtype becomes float32."""
     if array.dtype == np.uint8:
@@ -64,9 +92,11 @@ class ChipFolder(Dataset[Sample]):
         in_chans: expected band count (None: that of the first file).
     """
 
-    def __init__(self, root: Path, size: int, in_chans: int | None = None) -> None:
+    def __init__(
+        self, root: Path, size: int, in_chans: int | None = None, strict: bool = False
+    ) -> None:
         self.root = root
-        self.files = list_images(root)
+        self.files, self.skipped = readable_images(list_images(root), strict)
         self.size = size
         relative = [f.relative_to(root) for f in self.files]
         self.classes = sorted({r.parts[0] for r in relative if len(r.parts) > 1})

@@ -11,10 +11,13 @@ import rasterio
 import torch
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
 from domainssl.data.eo import open_raster
+from domainssl.data.imageio import check_dtype
+from domainssl.errors import DomainSSLError
 from domainssl.infer.tiles import TileGrid
 
 Tile = dict[str, torch.Tensor | int]
@@ -35,6 +38,7 @@ class RasterInfo:
     @classmethod
     def of(cls, path: Path) -> RasterInfo:
         with open_raster(path) as src:
+            check_dtype(path, src.dtypes[0])
             return cls(path, src.height, src.width, src.count, src.nodata, src.crs, src.transform)
 
 
@@ -78,7 +82,13 @@ class TileReader(Dataset[Tile]):
         image = np.zeros((raster.count, size, size), dtype=np.float32)  # (C, T, T)
         valid = np.zeros((size, size), dtype=bool)  # (T, T)
         window = Window(first_col, first_row, end_col - first_col, end_row - first_row)
-        array = self._source().read(window=window)  # (C, h, w)
+        try:
+            array = self._source().read(window=window)  # (C, h, w)
+        except RasterioIOError as err:
+            raise DomainSSLError(
+                f"{raster.path}: reading tile {index} failed ({err}); the file is corrupt or "
+                "truncated: re-export it or copy it again."
+            ) from None
         inside = valid_pixels(array, raster.nodata)  # (h, w)
         rows = slice(first_row - top, end_row - top)
         cols = slice(first_col - left, end_col - left)
