@@ -12,6 +12,7 @@ import typer
 
 from domainssl.config import RunConfig, build_config, load_config, parse_set, read_yaml, set_dotted
 from domainssl.errors import DomainSSLError
+from domainssl.paths import SKIPPED_INPUTS
 
 app = typer.Typer(
     help="Domain-adapted self-supervised learning for EO, pathology and RGB-IR re-ID.",
@@ -28,6 +29,7 @@ RUN_FILES = {
     "checkpoints/last.ckpt": "full training state (for --resume)",
     "backbone.safetensors": "pretrained backbone weights",
     "backbone.json": "backbone metadata: timm name, bands, mean/std, method",
+    SKIPPED_INPUTS: "UNREADABLE INPUTS LEFT OUT of this run (one per line)",
 }
 
 
@@ -153,6 +155,11 @@ def describe_run(run_dir: Path) -> None:
         path = run_dir / relative
         if path.exists():
             typer.echo(f"  {relative:<24} {path.stat().st_size / 1e6:8.2f} MB  {meaning}")
+    skipped = run_dir / SKIPPED_INPUTS
+    if skipped.is_file():
+        lines = skipped.read_text().splitlines()
+        typer.secho(f"{len(lines)} unreadable inputs were skipped:", fg=typer.colors.YELLOW)
+        typer.echo("  " + "\n  ".join(lines))
 
 
 @app.command()

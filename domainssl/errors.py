@@ -6,3 +6,7 @@ class DomainSSLError(Exception):
 
     The CLI prints the message alone (no traceback) and exits with code 2.
     """
+
+
+class SkippedInputsWarning(UserWarning):
+    """Unreadable files of a folder were skipped (the message lists them, one per line)."""

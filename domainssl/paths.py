@@ -17,3 +17,7 @@ def repo_resource(path: Path) -> Path:
             "it was installed from: install it with `pip install -e .` inside a clone."
         )
     return path
+
+
+SKIPPED_INPUTS = "skipped_inputs.txt"
+"""Run folder file listing the unreadable inputs a run left out (absent when none)."""

@@ -27,6 +27,7 @@ from domainssl.errors import DomainSSLError
 from domainssl.export import BackboneMeta, export_backbone
 from domainssl.io import atomic_write, atomic_write_text
 from domainssl.methods import METHODS
+from domainssl.paths import SKIPPED_INPUTS
 from domainssl.runinfo import write_run_info
 from domainssl.stain_setup import StainSetup
 from domainssl.views.proposals import ProposalSettings
@@ -193,4 +194,6 @@ def pretrain(
             stain_norm=stain.state,
         )
         export_backbone(method.backbone, meta, run_dir)
+        if data.skipped:
+            atomic_write_text(run_dir / SKIPPED_INPUTS, "\n".join(data.skipped) + "\n")
     return run_dir

@@ -92,8 +92,14 @@ def test_bad_chips_are_skipped_and_listed_unless_strict(tmp_path: Path) -> None:
     message = str(caught[0].message)
     assert all(f"bad_{i}.tif" in message for i in range(2))
     with pytest.warns(UserWarning, match="2 of 10 images skipped"):
-        code, output = pretrain(tmp_path, folder)
+        code, output = pretrain(tmp_path, folder, "--name", "skips")
     assert code == 0, output
+    listed = (tmp_path / "runs" / "skips" / "skipped_inputs.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in listed] == [
+        str(folder / "class_0" / f"bad_{i}.tif") for i in range(2)
+    ]
+    end = output[output.index("Run folder:") :]  # the summary after training lists them again
+    assert "2 unreadable inputs were skipped" in end and "bad_1.tif" in end
     code, output = pretrain(tmp_path, folder, "--strict")
     assert_clear_error(code, output, "bad_0.tif", "corrupt or truncated", "re-export")
     code, output = pretrain(tmp_path, folder, "--set", "data.strict=true")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from domainssl.data.reid import (
     training_images,
 )
 from domainssl.data.stats import BandStats, compute_band_stats
-from domainssl.errors import DomainSSLError
+from domainssl.errors import DomainSSLError, SkippedInputsWarning
 from domainssl.paths import DATASETS_DIR, REPO_ROOT, repo_resource
 from domainssl.views.proposals import ProposalSettings
 
@@ -43,6 +44,8 @@ class PretrainData:
     source: str
     mpp: float | None
     """Microns per pixel of the samples, when known (slides at ``data.mpp``)."""
+    skipped: list[str] = field(default_factory=list)
+    """Unreadable input files left out, one line each (file and problem)."""
 
     @property
     def in_chans(self) -> int:
@@ -132,7 +135,17 @@ def prepare_pretrain_data(
     (cached in ``run_dir/proposals`` for chips; computed per window for scenes and slides).
     """
     path = resolve_data_path(config, domain)
-    dataset, band_names = build_dataset(config, path, domain, run_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SkippedInputsWarning)
+        dataset, band_names = build_dataset(config, path, domain, run_dir)
+    for warning in caught:  # shown now, and the skipped files kept for the end of the run
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    skipped = [
+        line.strip()
+        for warning in caught
+        if issubclass(warning.category, SkippedInputsWarning)
+        for line in str(warning.message).splitlines()[1:]
+    ]
     transform = preprocess(dataset) if preprocess is not None else None
     if transform is not None:
         dataset = apply_transform(dataset, transform)
@@ -154,7 +167,7 @@ def prepare_pretrain_data(
             store = compute_proposals(dataset, cache, proposals, source, config.num_workers)
         dataset = ProposalBoxes(dataset, store, proposals)
     mpp = config.mpp if kind == "slides" else None
-    return PretrainData(dataset, band_names, stats, str(path), mpp)
+    return PretrainData(dataset, band_names, stats, str(path), mpp, skipped)
 
 
 def _channels(dataset: Dataset) -> int:

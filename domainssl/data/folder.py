@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from domainssl.data.imageio import IMAGE_SUFFIXES, read_image
-from domainssl.errors import DomainSSLError
+from domainssl.errors import DomainSSLError, SkippedInputsWarning
 
 Sample = dict[str, Any]
 
@@ -59,6 +59,7 @@ def readable_images(files: list[Path], strict: bool = False) -> tuple[list[Path]
         warnings.warn(
             f"{len(skipped)} of {len(files)} images skipped (data.strict=true or --strict "
             "makes this an error):\n  " + "\n  ".join(skipped),
+            SkippedInputsWarning,
             stacklevel=2,
         )
     return good, skipped

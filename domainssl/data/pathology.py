@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from domainssl.data.folder import Sample
 from domainssl.data.tissue import cell_fractions, tissue_mask
-from domainssl.errors import DomainSSLError
+from domainssl.errors import DomainSSLError, SkippedInputsWarning
 from domainssl.io import atomic_write_text
 
 THUMBNAIL_SIDE = 2048
@@ -217,6 +217,7 @@ def open_slide_grids(
     if problems:
         warnings.warn(
             f"{len(problems)} of {len(slides)} slides skipped:\n  " + "\n  ".join(problems),
+            SkippedInputsWarning,
             stacklevel=2,
         )
     if not any(g.coords for g in grids):
