@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any
 
 import typer
 
+from domainssl.commands.common import user_errors
+from domainssl.commands.infer import infer
+from domainssl.commands.transfer import embed, transfer
 from domainssl.config import RunConfig, build_config, load_config, parse_set, read_yaml, set_dotted
 from domainssl.errors import DomainSSLError
 from domainssl.paths import SKIPPED_INPUTS
@@ -19,7 +20,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-F = TypeVar("F", bound=Callable[..., Any])
 
 RUN_FILES = {
     "config.yaml": "resolved run config",
@@ -33,27 +33,13 @@ RUN_FILES = {
 }
 
 
-def user_errors(command: F) -> F:
-    """Print a user's mistake as one clear message and exit with code 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except DomainSSLError as err:
-            typer.secho(f"Error: {err}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(code=2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
 def parse_devices(devices: str | None) -> int | str | None:
     """``"2"`` -> 2; ``"auto"`` and ``"0,1"`` stay strings."""
     return int(devices) if devices is not None and devices.isdigit() else devices
 
 
-Domain = Annotated[str, typer.Option(help="Domain: eo or pathology.")]
-Method = Annotated[str | None, typer.Option(help="simclr, moco, byol, simsiam or orl.")]
+Domain = Annotated[str, typer.Option(help="Domain: eo, pathology or reid.")]
+Method = Annotated[str | None, typer.Option(help="simclr, moco, byol, simsiam, orl or mmgl.")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML run config to use.")]
 Data = Annotated[str | None, typer.Option(help="Folder of chips or GeoTIFF scene(s).")]
 Sets = Annotated[
@@ -214,196 +200,6 @@ def views(
     typer.echo(f"Wrote {out}: {len(picks)} samples (rows), original + {count} views each.")
 
 
-Task = Literal["classify", "segment", "reid"]
-Protocol = Literal["linear", "knn", "finetune", "all", "indoor", "v2t", "t2v", "ir2rgb", "rgb2ir"]
-
-
-@app.command()
-@user_errors
-def transfer(
-    run_dir: Annotated[Path, typer.Argument(help="Folder of a finished `domainssl pretrain`.")],
-    data: Annotated[Path, typer.Option(help="Labeled data (class folders, CSV, train/test).")],
-    task: Annotated[Task, typer.Option(help="classify, segment or reid.")] = "classify",
-    protocol: Annotated[
-        Protocol,
-        typer.Option(
-            help="linear (frozen backbone), knn (classify only), or finetune. Re-ID (frozen): "
-            "all / indoor (SYSU-MM01), v2t / t2v (RegDB), ir2rgb / rgb2ir; linear = the first."
-        ),
-    ] = "linear",
-    baseline: Annotated[
-        Literal["pretrained", "random"],
-        typer.Option(help="random: same protocol on a randomly initialised backbone."),
-    ] = "pretrained",
-    epochs: Annotated[int, typer.Option(help="Training epochs (fine-tune / segmentation).")] = 10,
-    max_time: Annotated[
-        str | None, typer.Option(help="Fine-tune budget HH:MM:SS; the best model so far is kept.")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
-    lr: Annotated[float, typer.Option(help="Learning rate of the new head / decoder.")] = 1e-3,
-    tile: Annotated[int, typer.Option(help="Segmentation: training / prediction tile (px).")] = 256,
-    trials: Annotated[
-        int, typer.Option(help="Re-ID: trials averaged (SYSU-MM01 gallery draws, RegDB splits).")
-    ] = 10,
-    accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "auto",
-    devices: Annotated[int, typer.Option(help="GPUs each training batch is split across.")] = 1,
-    out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the split and training.")] = 0,
-    mpp: Annotated[
-        float | None,
-        typer.Option(help="Pathology: µm/px of the labeled images; warns on a mismatch."),
-    ] = None,
-) -> None:
-    """Transfer a pretrained backbone to labeled data and write model, metrics and report."""
-    from domainssl.config import parse_duration
-    from domainssl.export import check_resolution, read_meta
-    from domainssl.models.parallel import require_devices
-    from domainssl.transfer.classify import ClassifySettings, transfer_classify
-    from domainssl.transfer.finetune import FinetuneConfig
-    from domainssl.transfer.seg_transfer import SegmentSettings, transfer_segment
-    from domainssl.transfer.segment import SegmentTrainConfig
-
-    require_devices(devices)
-    check_resolution(read_meta(run_dir), mpp, str(data))
-    seconds = parse_duration(max_time) if max_time is not None else None
-    device = pick_device(accelerator)
-    if task == "reid":
-        from domainssl.transfer.reid_eval import ReidSettings, transfer_reid
-
-        reid = ReidSettings(protocol, trials, baseline, batch_size, device)
-        metrics, out_dir = transfer_reid(run_dir, data, out, reid)
-        typer.echo(
-            f"{metrics['dataset']} {metrics['protocol']}, {metrics['trials']} trials: rank-1 "
-            f"{metrics['rank1']:.4f}, mAP {metrics['mAP']:.4f}; wrote {out_dir} (read report.md)."
-        )
-        return
-    if protocol not in ("linear", "knn", "finetune"):
-        raise DomainSSLError(f"--protocol {protocol} is for --task reid (not {task}).")
-    suffix = "-random" if baseline == "random" else ""
-    out_dir = out or run_dir.parent / f"{run_dir.name}-{task}-{protocol}{suffix}"
-    if task == "segment":
-        if protocol == "knn":
-            raise DomainSSLError("--protocol knn is for classification: use linear or finetune.")
-        frozen = protocol == "linear"
-        training = SegmentTrainConfig(
-            tile, epochs, seconds, batch_size, lr, freeze_encoder=frozen, seed=seed,
-            devices=devices,
-        )  # fmt: skip
-        metrics = transfer_segment(
-            run_dir, data, out_dir, SegmentSettings(baseline, training, device)
-        )
-        typer.echo(f"Test mIoU {metrics['miou']:.4f}; wrote {out_dir} (read report.md first).")
-        return
-    tuning = FinetuneConfig(epochs, seconds, batch_size, lr, seed=seed, devices=devices)
-    settings = ClassifySettings(protocol, baseline, finetune=tuning, device=device, seed=seed)
-    metrics = transfer_classify(run_dir, data, out_dir, settings)
-    headline = "mAP" if "mAP" in metrics else "accuracy"
-    typer.echo(f"Test {headline} {metrics[headline]:.4f}; wrote {out_dir} (read report.md first).")
-
-
-def pick_device(accelerator: str) -> str:
-    """``cpu``, ``gpu`` (an error when there is none) or ``auto`` -> a torch device name."""
-    import torch
-
-    if accelerator not in ("cpu", "gpu", "auto"):
-        raise DomainSSLError(f"--accelerator must be cpu, gpu or auto, not {accelerator!r}.")
-    if accelerator == "gpu" and not torch.cuda.is_available():
-        raise DomainSSLError("--accelerator gpu but no CUDA GPU is visible: use cpu or auto.")
-    return "cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu"
-
-
-@app.command()
-@user_errors
-def embed(
-    run_dir: Annotated[Path, typer.Argument(help="Folder of a finished `domainssl pretrain`.")],
-    data: Annotated[Path, typer.Option(help="Folder of images (class subfolders optional).")],
-    out: Annotated[Path, typer.Option(help="Parquet file to write.")] = Path("embeddings.parquet"),
-    map_png: Annotated[
-        Path | None, typer.Option("--map", help="Also write a 2-D t-SNE map (PNG).")
-    ] = None,
-    accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "auto",
-) -> None:
-    """Write the pooled embedding of every image (with path and label) to Parquet."""
-    from domainssl.transfer.embed import embed_folder
-
-    count = embed_folder(run_dir, data, out, map_png, pick_device(accelerator))
-    typer.echo(
-        f"Wrote {count} embeddings to {out}" + (f" and a map to {map_png}" if map_png else "")
-    )
-
-
-@app.command()
-@user_errors
-def infer(
-    model_dir: Annotated[
-        Path, typer.Argument(help="A `domainssl transfer` output or a pretrain run (embeddings).")
-    ],
-    source: Annotated[Path, typer.Argument(help="GeoTIFF scene or whole slide, any size.")],
-    out: Annotated[Path, typer.Option(help="Output GeoTIFF / heatmap TIFF.")] = Path(
-        "prediction.tif"
-    ),
-    tile: Annotated[
-        int | None, typer.Option(help="Tile size (px); default from the model.")
-    ] = None,
-    overlap: Annotated[
-        int | None, typer.Option(help="Tile overlap (px); default tile/4 for segmentation.")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Tiles per batch.")] = 16,
-    probabilities: Annotated[
-        bool, typer.Option(help="Write per-class probabilities instead of labels.")
-    ] = False,
-    cog: Annotated[bool, typer.Option(help="Write a cloud-optimized GeoTIFF.")] = False,
-    accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "auto",
-    precision: Annotated[str, typer.Option(help="32-true or 16-mixed (AMP on a GPU).")] = "32-true",
-    num_workers: Annotated[int, typer.Option(help="Tile reader processes.")] = 2,
-    devices: Annotated[int, typer.Option(help="GPUs each batch is split across.")] = 1,
-    resume: Annotated[
-        bool, typer.Option(help="GeoTIFF: go on from the rows an interrupted run left on disk.")
-    ] = False,
-    mpp: Annotated[
-        float | None, typer.Option(help="Slide: µm/px to read tiles at; default the model's.")
-    ] = None,
-    tissue_threshold: Annotated[
-        float, typer.Option(help="Slide: tissue share a tile needs to run.")
-    ] = 0.5,
-    slide_mpp: Annotated[
-        float | None, typer.Option(help="Slide: level-0 µm/px when the slide records none.")
-    ] = None,
-) -> None:
-    """Run a model over a large GeoTIFF (a georeferenced GeoTIFF) or the tissue of a whole
-    slide (a pyramidal heatmap TIFF + per-tile CSV / GeoJSON + thumbnail), tile by tile."""
-    from domainssl.infer.geotiff import infer_geotiff
-    from domainssl.infer.wsi import infer_slide, is_slide_source
-    from domainssl.models.parallel import require_devices
-
-    require_devices(devices)
-    if precision not in ("32-true", "16-mixed"):
-        raise DomainSSLError(f"--precision must be 32-true or 16-mixed, not {precision!r}.")
-    device, amp = pick_device(accelerator), precision == "16-mixed"
-    slide = is_slide_source(source)
-    if slide and (overlap or probabilities or cog or resume or devices > 1):
-        raise DomainSSLError(
-            f"{source} is a whole slide: --overlap, --probabilities, --cog, --resume and "
-            "--devices apply to GeoTIFFs only (the CSV holds every class probability)."
-        )
-    try:
-        summary = (
-            infer_slide(
-                model_dir, source, out, tile, batch_size, device, num_workers, amp,
-                progress=True, mpp=mpp, tissue_threshold=tissue_threshold, slide_mpp=slide_mpp,
-            )
-            if slide
-            else infer_geotiff(
-                model_dir, source, out, tile, overlap, batch_size, probabilities, device,
-                num_workers, amp, cog, progress=True, resume=resume, devices=devices,
-            )
-        )  # fmt: skip
-    except KeyboardInterrupt:
-        hint = "" if slide else "; rerun with --resume to go on"
-        typer.echo(f"Interrupted: nothing written to {out}{hint}.")
-        raise typer.Exit(130) from None
-    outputs = ", ".join(map(str, summary.outputs))
-    typer.echo(
-        f"{summary.task}: {summary.tiles_run} tiles in {summary.seconds:.1f} s "
-        f"({summary.megapixels_per_second:.2f} Mpx/s); wrote {outputs}"
-    )
+app.command()(transfer)
+app.command()(embed)
+app.command()(infer)

@@ -1,0 +1,1 @@
+"""`domainssl` commands past pretraining (transfer, embed, infer); ``cli.py`` registers them."""

@@ -1,0 +1,87 @@
+"""`domainssl infer`: a model over a large GeoTIFF or the tissue of a whole slide."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from domainssl.commands.common import pick_device, user_errors
+from domainssl.errors import DomainSSLError
+
+
+@user_errors
+def infer(
+    model_dir: Annotated[
+        Path, typer.Argument(help="A `domainssl transfer` output or a pretrain run (embeddings).")
+    ],
+    source: Annotated[Path, typer.Argument(help="GeoTIFF scene or whole slide, any size.")],
+    out: Annotated[Path, typer.Option(help="Output GeoTIFF / heatmap TIFF.")] = Path(
+        "prediction.tif"
+    ),
+    tile: Annotated[
+        int | None, typer.Option(help="Tile size (px); default from the model.")
+    ] = None,
+    overlap: Annotated[
+        int | None, typer.Option(help="Tile overlap (px); default tile/4 for segmentation.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Tiles per batch.")] = 16,
+    probabilities: Annotated[
+        bool, typer.Option(help="Write per-class probabilities instead of labels.")
+    ] = False,
+    cog: Annotated[bool, typer.Option(help="Write a cloud-optimized GeoTIFF.")] = False,
+    accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "auto",
+    precision: Annotated[str, typer.Option(help="32-true or 16-mixed (AMP on a GPU).")] = "32-true",
+    num_workers: Annotated[int, typer.Option(help="Tile reader processes.")] = 2,
+    devices: Annotated[int, typer.Option(help="GPUs each batch is split across.")] = 1,
+    resume: Annotated[
+        bool, typer.Option(help="GeoTIFF: go on from the rows an interrupted run left on disk.")
+    ] = False,
+    mpp: Annotated[
+        float | None, typer.Option(help="Slide: µm/px to read tiles at; default the model's.")
+    ] = None,
+    tissue_threshold: Annotated[
+        float, typer.Option(help="Slide: tissue share a tile needs to run.")
+    ] = 0.5,
+    slide_mpp: Annotated[
+        float | None, typer.Option(help="Slide: level-0 µm/px when the slide records none.")
+    ] = None,
+) -> None:
+    """Run a model over a large GeoTIFF (a georeferenced GeoTIFF) or the tissue of a whole
+    slide (a pyramidal heatmap TIFF + per-tile CSV / GeoJSON + thumbnail), tile by tile."""
+    from domainssl.infer.geotiff import infer_geotiff
+    from domainssl.infer.wsi import infer_slide, is_slide_source
+    from domainssl.models.parallel import require_devices
+
+    require_devices(devices)
+    if precision not in ("32-true", "16-mixed"):
+        raise DomainSSLError(f"--precision must be 32-true or 16-mixed, not {precision!r}.")
+    device, amp = pick_device(accelerator), precision == "16-mixed"
+    slide = is_slide_source(source)
+    if slide and (overlap or probabilities or cog or resume or devices > 1):
+        raise DomainSSLError(
+            f"{source} is a whole slide: --overlap, --probabilities, --cog, --resume and "
+            "--devices apply to GeoTIFFs only (the CSV holds every class probability)."
+        )
+    try:
+        summary = (
+            infer_slide(
+                model_dir, source, out, tile, batch_size, device, num_workers, amp,
+                progress=True, mpp=mpp, tissue_threshold=tissue_threshold, slide_mpp=slide_mpp,
+            )
+            if slide
+            else infer_geotiff(
+                model_dir, source, out, tile, overlap, batch_size, probabilities, device,
+                num_workers, amp, cog, progress=True, resume=resume, devices=devices,
+            )
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        hint = "" if slide else "; rerun with --resume to go on"
+        typer.echo(f"Interrupted: nothing written to {out}{hint}.")
+        raise typer.Exit(130) from None
+    outputs = ", ".join(map(str, summary.outputs))
+    typer.echo(
+        f"{summary.task}: {summary.tiles_run} tiles in {summary.seconds:.1f} s "
+        f"({summary.megapixels_per_second:.2f} Mpx/s); wrote {outputs}"
+    )
