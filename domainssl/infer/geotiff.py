@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
 import torch
 from affine import Affine
 from torch import nn
@@ -26,7 +27,7 @@ from domainssl.export import BackboneMeta, preprocess
 from domainssl.infer.models import Task, load_network, read_model_spec
 from domainssl.infer.output import base_profile, publish_output, write_embedding, write_rows
 from domainssl.infer.partial import PartialRaster
-from domainssl.infer.reader import RasterInfo, TileReader
+from domainssl.infer.reader import READ_CACHE_MB, RasterInfo, TileReader
 from domainssl.infer.stitch import BlendedRows, CellRows, Rows, to_floats, to_labels
 from domainssl.infer.tiles import TileGrid, blend_grid, blend_weights, cell_grid
 from domainssl.models.parallel import spread
@@ -204,17 +205,18 @@ def infer_geotiff(
     tags = {"task": spec.task, "model": str(model_dir), "tile": size, "stride": grid.stride}
     outputs = [out]
     try:
-        if kind == "embed":
-            outputs.append(out.with_name(f"{out.stem}_pca.tif"))
-            write_embedding(partial, outputs[1], spec.band_names, tags, rows, cog)
-        elif kind == "probabilities":
-            floats = (to_floats(values, valid) for values, valid in rows)
-            complete = write_rows(partial, spec.band_names, tags, floats)
-            publish_output(partial, complete, cog, "average")
-        else:
-            labels = (to_labels(values, valid, label_type) for values, valid in rows)
-            complete = write_rows(partial, ["class"], tags, labels)
-            publish_output(partial, complete, cog, "nearest")
+        with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB):  # GDAL's default: 5% of RAM
+            if kind == "embed":
+                outputs.append(out.with_name(f"{out.stem}_pca.tif"))
+                write_embedding(partial, outputs[1], spec.band_names, tags, rows, cog)
+            elif kind == "probabilities":
+                floats = (to_floats(values, valid) for values, valid in rows)
+                complete = write_rows(partial, spec.band_names, tags, floats)
+                publish_output(partial, complete, cog, "average")
+            else:
+                labels = (to_labels(values, valid, label_type) for values, valid in rows)
+                complete = write_rows(partial, ["class"], tags, labels)
+                publish_output(partial, complete, cog, "nearest")
     finally:
         rows.close()  # stops the DataLoader workers at once on an error or interrupt
         bar.close()

@@ -21,6 +21,10 @@ from domainssl.errors import DomainSSLError
 from domainssl.infer.tiles import TileGrid
 
 Tile = dict[str, torch.Tensor | int]
+READ_CACHE_MB = 128
+"""GDAL block cache per reader process: enough for the block rows a tile row spans on
+wide rasters; GDAL's default (5% of RAM) filled with 1.2 GB of decoded blocks per worker
+on a 20480 px mosaic, memory that grew with the image up to that cap."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,8 @@ class TileReader(Dataset[Tile]):
         valid = np.zeros((size, size), dtype=bool)  # (T, T)
         window = Window(first_col, first_row, end_col - first_col, end_row - first_row)
         try:
-            array = self._source().read(window=window)  # (C, h, w)
+            with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB):
+                array = self._source().read(window=window)  # (C, h, w)
         except RasterioIOError as err:
             raise DomainSSLError(
                 f"{raster.path}: reading tile {index} failed ({err}); the file is corrupt or "
