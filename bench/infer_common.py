@@ -149,6 +149,18 @@ def own_peak_mb() -> dict[str, float]:
     }
 
 
+def own_cpu_s() -> dict[str, float]:
+    """CPU seconds (user + system) of this process and of its finished children (its
+    workers): a cost per tile that other jobs on the machine do not inflate much."""
+    own, children = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return {
+        "self_cpu_s": own.ru_utime + own.ru_stime,
+        "children_cpu_s": children.ru_utime + children.ru_stime,
+    }
+
+
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages, as text."""
     return ", ".join(f"{value:.2f}" for value in os.getloadavg())

@@ -35,6 +35,7 @@ from infer_common import (
     available_gb,
     build_mosaic,
     load_average,
+    own_cpu_s,
     own_peak_mb,
     run_child,
 )
@@ -133,24 +134,30 @@ def run_forward(job: dict[str, Any]) -> dict[str, Any]:
     batches = len(inputs) // batch_size
     with torch.no_grad():
         network(inputs[:batch_size])  # warm-up
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), own_cpu_s()["self_cpu_s"]
         for step in range(job["batches"]):
             first = step % batches * batch_size
             network(inputs[first : first + batch_size])
-    return {"tiles_per_s": job["batches"] * batch_size / (time.perf_counter() - start)}
+    tiles = job["batches"] * batch_size
+    return {
+        "tiles_per_s": tiles / (time.perf_counter() - start),
+        "cpu_per_tile_s": (own_cpu_s()["self_cpu_s"] - cpu) / tiles,
+    }
 
 
 def child(job: dict[str, Any]) -> None:
     """Run one measurement and print its JSON report (last stdout line)."""
     runners = {"ours": run_ours, "naive": run_naive, "forward": run_forward}
     result = runners[job["kind"]](job)
-    print(json.dumps(result | own_peak_mb() | {"torch_threads": torch.get_num_threads()}))
+    usage = own_peak_mb() | own_cpu_s() | {"torch_threads": torch.get_num_threads()}
+    print(json.dumps(result | usage))
 
 
 def naive_need_gb(side: int, channels: int, classes: int) -> float:
-    """GB the naive baseline's arrays take: uint16 input, float32 sums and weights, the
-    int64 argmax and the uint8 labels."""
-    return side * side * (2 * channels + 4 * classes + 4 + 8 + 1) / 1e9
+    """GB the naive baseline's arrays take at their peak: uint16 input, float32 sums and
+    weights, the bool weight mask, and in the argmax over axis 0 numpy's contiguous copy of
+    the sums, the int64 indices and the uint8 labels."""
+    return side * side * (2 * channels + 4 * classes + 4 + 1 + 4 * classes + 8 + 1) / 1e9
 
 
 def render(results: list[dict[str, Any]], notes: list[str]) -> str:
@@ -186,10 +193,17 @@ def render(results: list[dict[str, Any]], notes: list[str]) -> str:
                 f"{run['tree_rss_mb']:.0f} | {run['tree_pss_mb']:.0f} | {run['load']} |"
             )
         rates = " and ".join(f"{rate:.2f}" for rate in forward["rates"])
-        notes.append(f"{side} px: model-only tiles/s before and after ours {rates}.")
+        ours = row["ours"]
+        notes.append(
+            f"{side} px: model-only tiles/s before and after ours {rates}. CPU s per tile: "
+            f"model-only forward {forward['cpu_per_tile_s']:.3f}; ours (whole run) "
+            f"{ours['self_cpu_s'] / tiles:.3f} main + {ours['children_cpu_s'] / tiles:.3f} "
+            "readers."
+        )
         if (naive := row["naive"]) is not None:
             notes[-1] += (
-                f" Naive: read {naive['read_s']:.0f} s, loop {naive['loop_s']:.0f} s over "
+                f" Naive: {naive['self_cpu_s'] / naive['tiles_run']:.3f} CPU s per tile; read "
+                f"{naive['read_s']:.0f} s, loop {naive['loop_s']:.0f} s over "
                 f"{naive['tiles_run']} tiles, finish {naive['finish_s']:.0f} s; its arrays "
                 f"~{naive['need_gb']:.1f} GB; labels equal to ours on "
                 f"{100 * row['agreement']:.3f}% of {naive['rows_final']} rows."
@@ -240,6 +254,7 @@ def main() -> None:
         after = run_child(script, job | forward)
         row["forward"] = max((before, after), key=lambda run: run["self_maxrss_mb"]) | {
             "tiles_per_s": (before["tiles_per_s"] + after["tiles_per_s"]) / 2,
+            "cpu_per_tile_s": (before["cpu_per_tile_s"] + after["cpu_per_tile_s"]) / 2,
             "rates": (before["tiles_per_s"], after["tiles_per_s"]),
             "load": f"{before['load']}, {after['load']}",
         }  # fmt: skip
