@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from domainssl.errors import DomainSSLError
 from domainssl.export import BackboneMeta, preprocess
+from domainssl.infer.allocator import keep_freed_memory
 from domainssl.infer.models import Task, load_network, read_model_spec
 from domainssl.infer.output import base_profile, publish_output, write_embedding, write_rows
 from domainssl.infer.partial import PartialRaster
@@ -60,6 +61,8 @@ class TileRunner:
         devices: int = 1,
     ) -> None:
         self.network, self.meta, self.device = spread(network.to(device), devices), meta, device
+        if device.type == "cpu":
+            keep_freed_memory()  # activations reused, not page-faulted again every batch
         self.amp, self.bar, self.tiles_run = amp and device.type == "cuda", bar, 0
 
     @torch.no_grad()
