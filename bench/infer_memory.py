@@ -25,7 +25,7 @@ import infer_speed
 from infer_common import build_mosaic, load_average, own_peak_mb, run_child
 from report import write_section
 
-from domainssl.infer import geotiff
+from domainssl.infer import streaming
 
 
 class PixelNetwork(nn.Module):
@@ -42,7 +42,7 @@ class PixelNetwork(nn.Module):
 def child(job: dict[str, Any]) -> None:
     """Run one job with the negligible network and print its JSON report."""
     network = PixelNetwork().eval()
-    geotiff.load_network = infer_speed.load_network = lambda model_dir, spec: network
+    streaming.load_network = infer_speed.load_network = lambda model_dir, spec: network
     run = infer_speed.run_ours if job["kind"] == "ours" else infer_speed.run_naive
     report = run(job) | own_peak_mb()
     print(json.dumps(report))

@@ -58,6 +58,7 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
     summary = infer_geotiff(
         Path(job["model"]), Path(job["mosaic"]), Path(job["out"]), tile=job["tile"],
         overlap=job["overlap"], batch_size=job["batch_size"], num_workers=job["workers"],
+        devices=job.get("devices", 1),
     )  # fmt: skip
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "tiles": summary.tiles, "model_tiles": summary.tiles_run}

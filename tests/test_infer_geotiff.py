@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from domainssl.cli import app
 from domainssl.errors import DomainSSLError
 from domainssl.export import load_backbone, preprocess, read_meta
-from domainssl.infer import geotiff
 from domainssl.infer import partial as partial_module
+from domainssl.infer import streaming
 from domainssl.infer.geotiff import infer_geotiff
 from domainssl.infer.tiles import blend_weights
 from domainssl.transfer.classify import load_classifier
@@ -100,7 +100,7 @@ class PixelModel(nn.Module):
 def test_blending_of_a_per_pixel_model_equals_whole_image_prediction(
     models: dict, scene: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: PixelModel())
+    monkeypatch.setattr(streaming, "load_network", lambda model_dir, spec: PixelModel())
     out = scene.parent / "probabilities.tif"
     infer_geotiff(models["segment"], scene, out, tile=32, overlap=12, probabilities=True)
     probabilities, profile = read(out)
@@ -196,7 +196,7 @@ def test_an_interrupted_run_leaves_no_file(
                 raise error("stop")
             return super().forward(images)
 
-    monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: FailsOnThirdBatch())
+    monkeypatch.setattr(streaming, "load_network", lambda model_dir, spec: FailsOnThirdBatch())
     out = scene.parent / "out" / "prediction.tif"
     with pytest.raises(error, match="stop"):
         infer_geotiff(
@@ -209,7 +209,7 @@ def test_a_band_count_mismatch_fails_before_any_work(
     models: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = write_geotiff(tmp_path / "four_bands.tif", scene_array(bands=4), nodata=0)
-    monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: pytest.fail("loaded"))
+    monkeypatch.setattr(streaming, "load_network", lambda model_dir, spec: pytest.fail("loaded"))
     out = tmp_path / "out" / "prediction.tif"
     with pytest.raises(DomainSSLError, match=r"four_bands.tif has 4 bands .* expects 3 \(B1"):
         infer_geotiff(models["segment"], source, out)
@@ -278,12 +278,12 @@ def test_a_resumed_run_skips_finished_rows_and_equals_an_uninterrupted_one(
     monkeypatch.setattr(partial_module, "FLUSH_INTERVAL_S", 0.0)
     run = partial(infer_geotiff, tile=32, overlap=8, batch_size=2, num_workers=0)
     whole = scene.parent / "whole.tif"
-    monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: PixelModel())
+    monkeypatch.setattr(streaming, "load_network", lambda model_dir, spec: PixelModel())
     full = run(models["segment"], scene, whole, probabilities=probabilities)
     out = scene.parent / "out" / "prediction.tif"
     # 13 x 4 tiles, 2 per batch, batches without a valid pixel skipped: call 20 ends tile
     # row 10, whose rows reach 264, so rows 0..255 are flushed before call 21 stops the run
-    monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: FailsAtCall(21))
+    monkeypatch.setattr(streaming, "load_network", lambda model_dir, spec: FailsAtCall(21))
     with pytest.raises(KeyboardInterrupt):
         run(models["segment"], scene, out, probabilities=probabilities)
     assert not out.exists()
@@ -291,7 +291,7 @@ def test_a_resumed_run_skips_finished_rows_and_equals_an_uninterrupted_one(
         ".prediction.tif.partial",
         ".prediction.tif.progress.json",
     ]
-    monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: PixelModel())
+    monkeypatch.setattr(streaming, "load_network", lambda model_dir, spec: PixelModel())
     resumed = run(models["segment"], scene, out, probabilities=probabilities, resume=True)
     assert list(out.parent.iterdir()) == [out]
     # rows 0..255 were on disk: tile rows 10..12 (those reaching past row 255) run again,
@@ -305,10 +305,10 @@ def test_resume_ignores_a_partial_output_of_other_settings(
 ) -> None:
     monkeypatch.setattr(partial_module, "FLUSH_INTERVAL_S", 0.0)
     out = scene.parent / "prediction.tif"
-    monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: FailsAtCall(21))
+    monkeypatch.setattr(streaming, "load_network", lambda model_dir, spec: FailsAtCall(21))
     with pytest.raises(KeyboardInterrupt):
         infer_geotiff(models["segment"], scene, out, tile=32, batch_size=2, num_workers=0)
-    monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: PixelModel())
+    monkeypatch.setattr(streaming, "load_network", lambda model_dir, spec: PixelModel())
     other = partial(infer_geotiff, tile=32, overlap=4, batch_size=2, num_workers=0)
     resumed = other(models["segment"], scene, out, resume=True)
     fresh = other(models["segment"], scene, scene.parent / "fresh.tif")
@@ -338,7 +338,7 @@ def test_a_resumed_embedding_map_and_picture_equal_an_uninterrupted_run(
                 raise KeyboardInterrupt("stop")
             return self.backbone(images)
 
-    monkeypatch.setattr(geotiff, "load_network", lambda model_dir, spec: FailsLate())
+    monkeypatch.setattr(streaming, "load_network", lambda model_dir, spec: FailsLate())
     out = tmp_path / "out" / "embedding.tif"
     with pytest.raises(KeyboardInterrupt):
         run(models["embed"], source, out)

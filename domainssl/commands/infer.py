@@ -10,6 +10,10 @@ import typer
 from domainssl.commands.common import pick_device, user_errors
 from domainssl.errors import DomainSSLError
 
+CPU_BATCH = 4
+"""Tiles per batch on the CPU: as fast as 16, with about half the peak memory (bench/results.md,
+`infer-memory-trace`)."""
+
 
 @user_errors
 def infer(
@@ -26,7 +30,10 @@ def infer(
     overlap: Annotated[
         int | None, typer.Option(help="Tile overlap (px); default tile/4 for segmentation.")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Tiles per batch.")] = 16,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Tiles per batch; default 16 on a GPU, 4 on the CPU (as fast there)."),
+    ] = None,
     probabilities: Annotated[
         bool, typer.Option(help="Write per-class probabilities instead of labels.")
     ] = False,
@@ -34,7 +41,12 @@ def infer(
     accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "auto",
     precision: Annotated[str, typer.Option(help="32-true or 16-mixed (AMP on a GPU).")] = "32-true",
     num_workers: Annotated[int, typer.Option(help="Tile reader processes.")] = 2,
-    devices: Annotated[int, typer.Option(help="GPUs each batch is split across.")] = 1,
+    devices: Annotated[
+        int,
+        typer.Option(
+            help="GeoTIFF: processes the rows are split across, a GPU (or CPU share) each."
+        ),
+    ] = 1,
     resume: Annotated[
         bool, typer.Option(help="GeoTIFF: go on from the rows an interrupted run left on disk.")
     ] = False,
@@ -54,10 +66,12 @@ def infer(
     from domainssl.infer.wsi import infer_slide, is_slide_source
     from domainssl.models.parallel import require_devices
 
-    require_devices(devices)
     if precision not in ("32-true", "16-mixed"):
         raise DomainSSLError(f"--precision must be 32-true or 16-mixed, not {precision!r}.")
     device, amp = pick_device(accelerator), precision == "16-mixed"
+    if device == "cuda" or devices < 1:
+        require_devices(devices)
+    batch_size = batch_size or (16 if device == "cuda" else CPU_BATCH)
     slide = is_slide_source(source)
     if slide and (overlap or probabilities or cog or resume or devices > 1):
         raise DomainSSLError(

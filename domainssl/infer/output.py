@@ -19,7 +19,7 @@ from rasterio.windows import Window
 
 from domainssl.infer.partial import PartialRaster, publish
 from domainssl.infer.pca import PcaStretch, Reservoir, write_pca_picture
-from domainssl.infer.stitch import BLOCK, RowBlockWriter, Rows, to_floats
+from domainssl.infer.stitch import BLOCK, RowBlockWriter
 from domainssl.io import atomic_write
 
 
@@ -109,19 +109,20 @@ def write_embedding(
     pca_out: Path,
     names: list[str],
     tags: dict[str, Any],
-    rows: Iterator[Rows],
+    blocks: Iterator[np.ndarray],
     cog: bool,
 ) -> None:
-    """The (D, H', W') float32 embedding map, sampling valid cells while it streams; then
-    ``pca_out``, its 3-band uint8 PCA picture, from a second pass over the map."""
+    """The (D, H', W') float32 embedding map from its rows (D, n, W') (NaN: nodata),
+    sampling valid cells while it streams; then ``pca_out``, its 3-band uint8 PCA picture,
+    from a second pass over the map."""
     reservoir = Reservoir(len(names))
     if partial.rows_done:
         refill(reservoir, partial.path, partial.rows_done)
 
     def sampled() -> Iterator[np.ndarray]:
-        for values, valid in rows:
-            reservoir.add(values[:, valid].T)  # (n, D)
-            yield to_floats(values, valid)
+        for block in blocks:
+            reservoir.add(block[:, np.isfinite(block).all(axis=0)].T)  # (n, D)
+            yield block
 
     complete = write_rows(partial, names, tags, sampled())
     stretch = PcaStretch.fit(reservoir.vectors())

@@ -73,9 +73,14 @@ class PartialRaster:
         if time.monotonic() - self._last_flush < self.interval_s:
             return dst
         dst.close()
+        self.record(rows)
+        return rasterio.open(self.path, "r+")
+
+    def record(self, rows: int) -> None:
+        """Note that the closed file holds rows up to ``rows`` (a complete file too: a part
+        kept until it is joined into the output)."""
         atomic_write_text(self.note, json.dumps({"key": self.key, "rows": rows}))
         self._last_flush = time.monotonic()
-        return rasterio.open(self.path, "r+")
 
     def finish(self, dst: DatasetWriter) -> Path:
         """Close the complete file and forget the note; the file to publish."""

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from domainssl.data.pathology import SlideGrid, SlidePatches, build_grid
 from domainssl.errors import DomainSSLError
 from domainssl.export import check_resolution
-from domainssl.infer.geotiff import InferSummary, TileRunner
+from domainssl.infer.geotiff import InferSummary
 from domainssl.infer.heatmap import (
     CELL,
     TilePredictions,
@@ -39,6 +39,7 @@ from domainssl.infer.heatmap import (
     write_thumbnail,
 )
 from domainssl.infer.models import ModelSpec, Task, load_network, read_model_spec
+from domainssl.infer.streaming import TileRunner
 
 SUFFIXES = ("_tiles.csv", "_tiles.geojson", "_thumbnail.png")
 """Names of the outputs beside the heatmap: ``<out stem><suffix>``."""

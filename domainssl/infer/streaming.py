@@ -1,0 +1,231 @@
+"""A GeoTIFF inference run's plan, and its output rows computed in one process.
+
+Tiles are read as windows by DataLoader workers, batched, normalized as in pretraining,
+run, and assembled into finished output rows, top to bottom: memory is bounded by the tile
+size, batch size and image width, never by the image height.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from affine import Affine
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from domainssl.errors import DomainSSLError
+from domainssl.export import BackboneMeta, preprocess
+from domainssl.infer.allocator import keep_freed_memory
+from domainssl.infer.models import ModelSpec, load_network, read_model_spec
+from domainssl.infer.output import base_profile
+from domainssl.infer.reader import RasterInfo, TileReader
+from domainssl.infer.stitch import BlendedRows, CellRows, Rows, to_floats, to_labels
+from domainssl.infer.tiles import TileGrid, blend_grid, blend_weights, cell_grid
+
+OutputKind = Literal["labels", "probabilities", "embed"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run computes: the model, the input, its tile grid and the output's layout."""
+
+    model_dir: Path
+    source: Path
+    spec: ModelSpec
+    raster: RasterInfo
+    grid: TileGrid
+    kind: OutputKind
+    profile: dict[str, Any]
+    """The output GeoTIFF's creation profile."""
+
+    @property
+    def blended(self) -> bool:
+        """Segmentation: overlapping tiles blended into a per-pixel map (else one cell per
+        tile step)."""
+        return self.spec.task == "segment"
+
+    @property
+    def rows(self) -> int:
+        """Output rows."""
+        return int(self.profile["height"])
+
+    @property
+    def band_names(self) -> list[str]:
+        return ["class"] if self.kind == "labels" else self.spec.band_names
+
+    @property
+    def rows_per_tile_row(self) -> int:
+        """Output rows each tile row finishes (the last one: what is left)."""
+        return self.grid.stride if self.blended else 1
+
+    def key(self) -> dict[str, Any]:
+        """What the output depends on: a resumed run must match it exactly."""
+
+        def identity(path: Path) -> list[Any]:
+            stat = path.stat()
+            return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+        weights = sorted(self.model_dir.glob("*.safetensors"))
+        grid = self.grid
+        return {
+            "source": identity(self.source), "model": [identity(w) for w in weights],
+            "tile": grid.tile, "stride": grid.stride, "output": self.kind, "task": self.spec.task,
+        }  # fmt: skip
+
+
+def plan_run(
+    model_dir: Path, source: Path, tile: int | None, overlap: int | None, probabilities: bool
+) -> Plan:
+    """The plan of a run; a band-count mismatch fails here, before any work."""
+    spec = read_model_spec(model_dir)
+    raster = RasterInfo.of(source)
+    if raster.count != spec.meta.in_chans:
+        raise DomainSSLError(
+            f"{source} has {raster.count} bands but the model in {model_dir} expects "
+            f"{spec.meta.in_chans} ({', '.join(spec.meta.band_names)}): give an image with "
+            "exactly those bands, in that order."
+        )
+    size = tile or spec.default_tile
+    segment = spec.task == "segment"
+    shared = overlap if overlap is not None else (size // 4 if segment else 0)
+    grid = (blend_grid if segment else cell_grid)(raster.height, raster.width, size, shared)
+    transform = raster.transform if segment else raster.transform * Affine.scale(grid.stride)
+    height, width = (raster.height, raster.width) if segment else (grid.rows, grid.cols)
+    profile = base_profile(height, width, raster.crs, transform)
+    kind: OutputKind = (
+        "embed" if spec.task == "embed" else "probabilities" if probabilities else "labels"
+    )
+    if kind == "labels":
+        label_type = np.uint8 if len(spec.band_names) < 255 else np.uint16
+        profile.update(count=1, dtype=label_type, nodata=np.iinfo(label_type).max)
+    else:
+        profile.update(count=len(spec.band_names), dtype="float32", nodata=np.nan)
+    return Plan(model_dir, source, spec, raster, grid, kind, profile)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How rows are computed (none of it changes the output)."""
+
+    device: str = "cpu"
+    batch_size: int = 16
+    num_workers: int = 2
+    amp: bool = False
+    """Mixed precision (CUDA only; ignored on CPU)."""
+    progress: bool = False
+
+
+class TileRunner:
+    """Runs the network on the tiles of a batch that hold a valid pixel."""
+
+    def __init__(
+        self, network: nn.Module, meta: BackboneMeta, device: torch.device, amp: bool, bar: tqdm
+    ) -> None:
+        self.network, self.meta, self.device = network.to(device), meta, device
+        if device.type == "cpu":
+            keep_freed_memory()  # activations reused, not page-faulted again every batch
+        self.amp, self.bar, self.tiles_run = amp and device.type == "cuda", bar, 0
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, valid: torch.Tensor) -> list[np.ndarray | None]:
+        """Outputs per tile of raw tiles (B, C, T, T) with validity (B, T, T); None: skipped."""
+        ran = valid.flatten(1).any(dim=1)  # (B,)
+        results: list[np.ndarray | None] = [None] * len(ran)
+        if bool(ran.any()):
+            inputs = preprocess(self.meta, images[ran].to(self.device, non_blocking=True))
+            with torch.autocast(self.device.type, enabled=self.amp):
+                outputs = self.network(inputs).float().cpu().numpy()  # (b, K[, T, T])
+            for slot, output in zip(ran.nonzero()[:, 0].tolist(), outputs, strict=True):
+                results[slot] = output
+        self.tiles_run += int(ran.sum())
+        self.bar.update(len(ran))
+        return results
+
+
+def resume_point(grid: TileGrid, blended: bool, rows_done: int) -> tuple[int, int]:
+    """(first tile row to run, output rows it re-emits that are already done) to go on
+    from ``rows_done`` output rows: blended rows depend on every tile overlapping them, so
+    the run restarts at the first tile row reaching past ``rows_done``."""
+    if not blended:
+        return rows_done, 0
+    first = max(0, (rows_done - grid.tile) // grid.stride + 1)
+    return first, rows_done - first * grid.stride
+
+
+def _stream(
+    loader: DataLoader, runner: TileRunner, stitcher: BlendedRows | CellRows
+) -> Generator[Rows, None, None]:
+    """Finished output rows, top to bottom, as the batches come."""
+    for batch in loader:
+        outputs = runner(batch["image"], batch["valid"])
+        valid = batch["valid"].numpy()  # (B, T, T)
+        for index, output, tile_valid in zip(batch["index"].tolist(), outputs, valid, strict=True):
+            rows = stitcher.add(index, output, tile_valid)
+            if rows is not None:
+                yield rows
+
+
+def _skip_rows(rows: Iterator[Rows], count: int) -> Generator[Rows, None, None]:
+    """``rows`` without its first ``count`` rows (already done)."""
+    for values, valid in rows:
+        drop = min(count, valid.shape[0])
+        count -= drop
+        if drop < valid.shape[0]:
+            yield values[:, drop:], valid[drop:]
+
+
+class RowRun:
+    """Output rows ``[first, last)`` of ``plan`` computed in this process, encoded as the
+    output stores them (``blocks``): labels (1, n, W), or float32 (K, n, W) with NaN where
+    the input is nodata. ``last`` is the output's end or a tile row's first output row.
+    ``close()`` stops the DataLoader workers."""
+
+    def __init__(
+        self, plan: Plan, first: int, last: int, options: RunOptions, label: str = ""
+    ) -> None:
+        grid = plan.grid
+        first_tile, skip = resume_point(grid, plan.blended, first)
+        last_tile = min(grid.rows, math.ceil(last / plan.rows_per_tile_row))
+        raster = plan.raster
+        stitcher: BlendedRows | CellRows = (
+            BlendedRows(grid, raster.height, raster.width, len(plan.spec.band_names),
+                        blend_weights(grid.tile))
+            if plan.blended
+            else CellRows(grid, raster.height, raster.width, len(plan.spec.band_names))
+        )  # fmt: skip
+        tiles = range(first_tile * grid.cols, last_tile * grid.cols)
+        description = plan.source.name + label
+        self.bar = tqdm(
+            total=len(tiles), unit="tile", desc=description, disable=not options.progress
+        )
+        network = load_network(plan.model_dir, plan.spec)
+        self.runner = TileRunner(
+            network, plan.spec.meta, torch.device(options.device), options.amp, self.bar
+        )
+        loader = DataLoader(
+            Subset(TileReader(raster, grid), tiles),
+            batch_size=options.batch_size,
+            num_workers=options.num_workers,
+            pin_memory=self.runner.device.type == "cuda",
+        )
+        self._rows = _skip_rows(_stream(loader, self.runner, stitcher), skip)
+        self.blocks = encode(plan, self._rows)
+
+    def close(self) -> None:
+        self._rows.close()  # stops the DataLoader workers at once on an error or interrupt
+        self.bar.close()
+
+
+def encode(plan: Plan, rows: Iterator[Rows]) -> Iterator[np.ndarray]:
+    """Finished rows as the output stores them."""
+    if plan.kind == "labels":
+        label_type = np.dtype(plan.profile["dtype"]).type
+        return (to_labels(values, valid, label_type) for values, valid in rows)
+    return (to_floats(values, valid) for values, valid in rows)
