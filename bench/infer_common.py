@@ -29,30 +29,33 @@ def mirror_index(count: int, length: int) -> np.ndarray:
     return np.where(phase < length, phase, 2 * length - 1 - phase)
 
 
-def build_mosaic(scene: Path, side: int, out_dir: Path) -> Path:
-    """A ``side`` x ``side`` tiled, deflate GeoTIFF of mirror-tiled copies of ``scene``
-    (its CRS, origin, pixel size and nodata), written strip by strip; reused if present."""
-    path = out_dir / f"mosaic_{side}.tif"
+def build_mosaic(scene: Path, height: int, out_dir: Path, width: int | None = None) -> Path:
+    """A ``height`` x ``width`` (default: square) tiled, deflate GeoTIFF of mirror-tiled copies
+    of ``scene`` (its CRS, origin, pixel size and nodata), written strip by strip; reused if
+    present."""
+    width = width or height
+    name = f"mosaic_{height}.tif" if width == height else f"mosaic_{height}x{width}.tif"
+    path = out_dir / name
     if path.is_file():
         with rasterio.open(path) as done:
-            if (done.height, done.width) == (side, side):
+            if (done.height, done.width) == (height, width):
                 return path
     with rasterio.open(scene) as src:
         source = src.read()  # (C, h, w): the scene itself is small
         profile = {
-            "driver": "GTiff", "height": side, "width": side, "count": src.count,
+            "driver": "GTiff", "height": height, "width": width, "count": src.count,
             "dtype": src.dtypes[0], "crs": src.crs, "transform": src.transform,
             "nodata": src.nodata, "tiled": True, "blockxsize": 256, "blockysize": 256,
             "compress": "deflate", "BIGTIFF": "YES",
         }  # fmt: skip
-    rows, cols = mirror_index(side, source.shape[1]), mirror_index(side, source.shape[2])
+    rows, cols = mirror_index(height, source.shape[1]), mirror_index(width, source.shape[2])
 
     def write(tmp: Path) -> None:
         with rasterio.open(tmp, "w", **profile) as dst:
-            for top in range(0, side, STRIP):
+            for top in range(0, height, STRIP):
                 strip = rows[top : top + STRIP]
-                block = source[:, strip][:, :, cols]  # (C, n, side)
-                dst.write(block, window=Window(0, top, side, len(strip)))
+                block = source[:, strip][:, :, cols]  # (C, n, width)
+                dst.write(block, window=Window(0, top, width, len(strip)))
 
     atomic_write(path, write)
     return path
