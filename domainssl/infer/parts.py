@@ -78,10 +78,10 @@ def _run_part(
     raster = part.raster(plan, out, resume)
     total = part.last - part.first
     if raster.rows_done < total:
-        label = f" (part {part.index + 1}/{part.count})"
         options = RunOptions(device, options.batch_size, options.num_workers, options.amp,
                              options.progress)  # fmt: skip
-        run = RowRun(plan, part.first + raster.rows_done, part.last, options, label)
+        first = part.first + raster.rows_done
+        run = RowRun(plan, first, part.last, options, (part.index, part.count))
         try:
             write_rows(raster, plan.band_names, {}, run.blocks)
         finally:

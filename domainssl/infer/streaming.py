@@ -185,10 +185,11 @@ class RowRun:
     """Output rows ``[first, last)`` of ``plan`` computed in this process, encoded as the
     output stores them (``blocks``): labels (1, n, W), or float32 (K, n, W) with NaN where
     the input is nodata. ``last`` is the output's end or a tile row's first output row.
-    ``close()`` stops the DataLoader workers."""
+    ``close()`` stops the DataLoader workers. ``part``: (index, count) of a part run by one
+    of several processes, for its progress bar."""
 
     def __init__(
-        self, plan: Plan, first: int, last: int, options: RunOptions, label: str = ""
+        self, plan: Plan, first: int, last: int, options: RunOptions, part: tuple[int, int] = (0, 1)
     ) -> None:
         grid = plan.grid
         first_tile, skip = resume_point(grid, plan.blended, first)
@@ -201,10 +202,12 @@ class RowRun:
             else CellRows(grid, raster.height, raster.width, len(plan.spec.band_names))
         )  # fmt: skip
         tiles = range(first_tile * grid.cols, last_tile * grid.cols)
-        description = plan.source.name + label
+        index, count = part
+        description = plan.source.name + (f" (part {index + 1}/{count})" if count > 1 else "")
         self.bar = tqdm(
-            total=len(tiles), unit="tile", desc=description, disable=not options.progress
-        )
+            total=len(tiles), unit="tile", desc=description, disable=not options.progress,
+            position=index,
+        )  # fmt: skip
         network = load_network(plan.model_dir, plan.spec)
         self.runner = TileRunner(
             network, plan.spec.meta, torch.device(options.device), options.amp, self.bar
