@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,8 @@ class Part:
         """This part's resumable file beside ``out``."""
         profile = plan.profile | {"height": self.last - self.first}
         key = plan.key() | {"part": [self.first, self.last]}
-        path = out.with_name(f"{out.name}.part{self.index + 1}of{self.count}")
-        return PartialRaster(path, profile, key, resume)
+        name = out.with_name(f"{out.name}.part{self.index + 1}of{self.count}")
+        return PartialRaster(name, profile, key, resume)
 
 
 def split(plan: Plan, first: int, count: int) -> list[Part]:
@@ -78,8 +78,7 @@ def _run_part(
     raster = part.raster(plan, out, resume)
     total = part.last - part.first
     if raster.rows_done < total:
-        options = RunOptions(device, options.batch_size, options.num_workers, options.amp,
-                             options.progress)  # fmt: skip
+        options = replace(options, device=device)
         first = part.first + raster.rows_done
         run = RowRun(plan, first, part.last, options, (part.index, part.count))
         try:
@@ -119,7 +118,7 @@ def run_parts(
             f"part(s) {failed} of {len(parts)} stopped with an error (printed above); fix it "
             "and rerun with --resume to go on from the rows written."
         )
-    return parts, sum(int(tiles_run[index]) for index in range(len(parts)))
+    return parts, sum(tiles_run[:])
 
 
 def joined(plan: Plan, out: Path, parts: list[Part]) -> Iterator[np.ndarray]:
