@@ -34,13 +34,14 @@ from domainssl.data.datamodule import (
 from domainssl.data.eo import SceneWindows
 from domainssl.data.folder import ChipFolder, InMemoryChips
 from domainssl.data.stats import compute_band_stats
-from domainssl.methods import METHODS, SSLMethod
+from domainssl.methods.base import SSLMethod
+from domainssl.methods.simclr import SimCLR
 
 
 def build_method(sets: list[str], band_stats: tuple[list[float], list[float]]) -> SSLMethod:
     config = load_config("eo", "simclr", sets=sets)
     mean, std = band_stats
-    return METHODS["simclr"](config.model_dump(mode="json"), ["red", "green", "blue"], mean, std)
+    return SimCLR(config, ["red", "green", "blue"], mean, std)
 
 
 def step_rate(method: SSLMethod, images: torch.Tensor, steps: int, warmup: int = 2) -> float:

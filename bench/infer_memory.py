@@ -25,7 +25,7 @@ import infer_speed
 from infer_common import build_mosaic, load_average, own_peak_mb, run_child
 from report import write_section
 
-from domainssl.infer import streaming
+from domainssl.infer.geotiff import streaming
 
 
 class PixelNetwork(nn.Module):

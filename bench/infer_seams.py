@@ -23,7 +23,7 @@ import rasterio
 sys.path.insert(0, str(Path(__file__).parent))
 from report import write_section
 
-from domainssl.infer.geotiff import infer_geotiff
+from domainssl.infer.geotiff.infer import infer_geotiff
 from domainssl.infer.tiles import TileGrid, blend_grid
 
 SCENE = Path("../shared/data/geotiff/landsat8/LC08_L1TP_224078_20200518_20200518_01_RT.TIF")

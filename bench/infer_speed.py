@@ -43,7 +43,7 @@ from report import write_section
 
 from domainssl.export import preprocess
 from domainssl.infer.allocator import keep_freed_memory
-from domainssl.infer.geotiff import infer_geotiff
+from domainssl.infer.geotiff.infer import infer_geotiff
 from domainssl.infer.models import load_network, read_model_spec
 from domainssl.infer.tiles import blend_grid, blend_weights
 from domainssl.io import atomic_write

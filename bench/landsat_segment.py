@@ -28,8 +28,8 @@ from rasterio.windows import Window
 sys.path.insert(0, str(Path(__file__).parent))
 from report import write_section
 
-from domainssl.transfer.seg_transfer import SegmentSettings, transfer_segment
-from domainssl.transfer.segment import SegmentTrainConfig
+from domainssl.transfer.segmentation.training import SegmentTrainConfig
+from domainssl.transfer.segmentation.transfer import SegmentSettings, transfer_segment
 
 CHIP, IGNORE = 64, 255
 BASELINES: tuple[Literal["pretrained", "random"], ...] = ("pretrained", "random")

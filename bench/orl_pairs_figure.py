@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
 from domainssl.data.folder import ChipFolder
-from domainssl.data.orl_pairs import load_pairs
+from domainssl.methods.orl.pairs import load_pairs
 from domainssl.views.crops import resample
 from domainssl.views.object_crops import box_affine, draw_boxes
 from domainssl.views.render import to_display

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from report import write_section
 
-from domainssl.methods.orl_mining import knn_cosine
+from domainssl.methods.orl.mining import knn_cosine
 
 DIM, K = 512, 10
 

@@ -24,14 +24,20 @@ from probe_table import ProbeTable
 from report import write_section
 from torchgeo_anchor import train_torchgeo_simclr
 
+import domainssl.methods  # noqa: F401  (registers the methods and view presets)
 from domainssl.config import load_config, parse_duration
 from domainssl.data.folder import ChipFolder, InMemoryChips
 from domainssl.data.stats import compute_band_stats
 from domainssl.models.backbones import create_backbone
+from domainssl.views.settings import CropViewsConfig
 
+EO_VIEWS = (
+    "views={preset: eo, crop_size: 48, crop_scale: [0.3, 1.0], blur_p: 0.2, "
+    "blur_sigma: [0.1, 0.8]}"
+)  # the pathology config's crops and blur, with the EO preset's colour operations
 VARIANTS = {
     "pathology": ("domainssl simclr, pathology views (HED jitter)", []),
-    "eo-views": ("domainssl simclr, EO/ImageNet-style views", ["--set", "views.preset=eo"]),
+    "eo-views": ("domainssl simclr, EO/ImageNet-style views", ["--set", EO_VIEWS]),
 }
 
 
@@ -46,6 +52,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     config = load_config("pathology", "simclr")
+    assert isinstance(config.views, CropViewsConfig)
     size, crop = config.data.sample_size, config.views.crop_size
     chips = InMemoryChips(ChipFolder(args.data, size=size), num_workers=2)
     table = ProbeTable(chips.images, chips.labels.numpy(), args.out)

@@ -35,7 +35,8 @@ from report import write_section
 from domainssl.config import load_config
 from domainssl.data.datamodule import prepare_pretrain_data, train_loader
 from domainssl.data.pathology import SlideGrid, SlidePatches, list_slides, open_slide_grids
-from domainssl.methods import METHODS
+from domainssl.methods.simclr import SimCLR
+from domainssl.views.settings import CropViewsConfig
 
 PATCH, MPP = 224, 0.5
 
@@ -112,9 +113,8 @@ def main() -> None:
         config = load_config("pathology", "simclr", overrides=overrides, sets=sets)
         with tempfile.TemporaryDirectory() as tmp:
             data = prepare_pretrain_data(config.data, "pathology", Path(tmp))
-        method = METHODS["simclr"](
-            config.model_dump(mode="json"), data.band_names, data.stats.mean, data.stats.std
-        )
+        method = SimCLR(config, data.band_names, data.stats.mean, data.stats.std)
+        assert isinstance(config.views, CropViewsConfig)
         full, premade = pipeline_overhead(method, train_loader(data, config.data), args.steps)
         lines += [
             f"### Pipeline overhead, pathology SimCLR: {config.data.sample_size} px samples, "

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from domainssl.export import load_backbone
-from domainssl.transfer.probe import extract_features, linear_probe, stratified_split
+from domainssl.transfer.classification.probe import extract_features, linear_probe, stratified_split
 
 
 class ProbeTable:

@@ -32,8 +32,9 @@ from reid_fixtures import write_generic
 from report import write_section
 
 from domainssl.config import RunConfig, load_config
+from domainssl.methods.mmgl import MMGLConfig
 from domainssl.pretrain import pretrain
-from domainssl.transfer.reid_eval import ReidSettings, transfer_reid
+from domainssl.transfer.reid.transfer import ReidSettings, transfer_reid
 
 READING = """\
 Reading: on the persons (body parts in a fixed vertical order) the accuracy rises from
@@ -128,6 +129,7 @@ def main() -> None:
         for label, path in sources.items()
     }
     method = next(iter(results.values())).config.method
+    assert isinstance(method, MMGLConfig)
     chance = 1 / method.permutations
     lines = [
         "## RGB-IR re-ID: MMGL permutation recovery on CPU",

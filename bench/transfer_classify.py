@@ -18,8 +18,8 @@ from typing import Literal
 sys.path.insert(0, str(Path(__file__).parent))
 from report import write_section
 
-from domainssl.transfer.classify import ClassifySettings, transfer_classify
-from domainssl.transfer.finetune import FinetuneConfig
+from domainssl.transfer.classification.finetune import FinetuneConfig
+from domainssl.transfer.classification.transfer import ClassifySettings, transfer_classify
 
 PROTOCOLS: tuple[Literal["linear", "knn", "finetune"], ...] = ("linear", "knn", "finetune")
 BASELINES: tuple[Literal["pretrained", "random"], ...] = ("pretrained", "random")

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from report import write_section
 
 from domainssl.config import parse_duration
-from domainssl.transfer.seg_data import load_segmentation_data
-from domainssl.transfer.seg_transfer import SegmentSettings, transfer_segment
-from domainssl.transfer.segment import SegmentTrainConfig
+from domainssl.transfer.segmentation.data import load_segmentation_data
+from domainssl.transfer.segmentation.training import SegmentTrainConfig
+from domainssl.transfer.segmentation.transfer import SegmentSettings, transfer_segment
 
 BASELINES: tuple[Literal["pretrained", "random"], ...] = ("pretrained", "random")
 

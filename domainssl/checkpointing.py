@@ -1,10 +1,10 @@
 """Crash-safe checkpoints: atomic writes, weights-only loading, periodic and on-signal saves.
 
 Resuming from a checkpoint written at an epoch end replays the run exactly (with
-in-memory data or ``num_workers=0``): :class:`EpochSeededSampler` makes the shuffle and the
-random state of every epoch a pure function of ``(seed, epoch)``. A checkpoint written
-mid-epoch (step, minute or signal) resumes at its step, but the rest of that epoch is
-not replayed batch for batch (Lightning restarts the epoch's loader).
+in-memory data or ``num_workers=0``): :class:`~domainssl.data.samplers.EpochSeededSampler`
+makes the shuffle and the random state of every epoch a pure function of ``(seed, epoch)``.
+A checkpoint written mid-epoch (step, minute or signal) resumes at its step, but the rest of
+that epoch is not replayed batch for batch (Lightning restarts the epoch's loader).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import pickle
 import signal
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -22,7 +21,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from torch.utils.data import DataLoader, RandomSampler, Sampler
 
 from domainssl.errors import DomainSSLError
 from domainssl.io import atomic_write
@@ -50,49 +48,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 "could run code when loaded, so it is refused. Resume only from checkpoints "
                 f"this tool wrote; details: {str(error).splitlines()[0]}"
             ) from None
-
-
-class EpochSeededSampler(Sampler[int]):
-    """A shuffle that is a pure function of ``(seed, epoch)``; it also reseeds the RNGs.
-
-    Args:
-        size: number of samples.
-        seed: the run seed.
-        epoch_of: returns the epoch about to be iterated (read when iteration starts).
-    """
-
-    def __init__(self, size: int, seed: int, epoch_of: Callable[[], int]) -> None:
-        self.size, self.seed, self.epoch_of = size, seed, epoch_of
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[int]:
-        epoch_seed = (self.seed * 1_000_003 + self.epoch_of()) % 2**32
-        L.seed_everything(epoch_seed, workers=True, verbose=False)  # crops + views of the epoch
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch_seed))
-        yield from order.tolist()
-
-
-def epoch_seeded(loader: DataLoader, trainer: L.Trainer, seed: int) -> DataLoader:
-    """``loader`` with its random shuffle replaced by :class:`EpochSeededSampler`.
-
-    Loaders with another sampler (re-ID's modality pairs) are returned unchanged.
-    """
-    if not isinstance(loader.sampler, RandomSampler):
-        return loader
-    sampler = EpochSeededSampler(len(loader.sampler), seed, lambda: trainer.current_epoch)
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
-        drop_last=loader.drop_last,
-        num_workers=loader.num_workers,
-        persistent_workers=loader.persistent_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        worker_init_fn=loader.worker_init_fn,
-    )
 
 
 class PeriodicCheckpoint(Callback):

@@ -3,25 +3,104 @@
 A run config has six sections (data, views, model, method, optimizer, trainer) and a few
 top-level keys. Files live in ``configs/<domain>/<method>.yaml``; ``--set section.key=value``
 overrides any key, its value parsed as YAML (``--set views.crop_scale=[0.3,1.0]``).
+
+The ``method`` and ``views`` sections hold the keys of the chosen method (``method.name``)
+and view preset (``views.preset``) only: each method and preset registers its own model
+(:data:`METHOD_CONFIGS`, :data:`VIEW_CONFIGS`) when its module is imported; importing
+:mod:`domainssl.methods` registers them all.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from domainssl.errors import DomainSSLError
 from domainssl.paths import CONFIGS_DIR
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A config section: typed keys, unknown keys rejected."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(_Section):
+class MethodConfig(Section):
+    """Base of every method's section; each method adds its own keys."""
+
+    name: str
+    default_preset: ClassVar[str | None] = None
+    """The view preset the method needs whatever the domain (None: the domain's own)."""
+
+
+class ViewsConfig(Section):
+    """Base of every view preset's section; each preset adds its own keys."""
+
+    preset: str
+
+
+SectionT = TypeVar("SectionT", bound=Section)
+
+
+class SectionChoices(Generic[SectionT]):
+    """The registered models of one section, told apart by one key (``method.name``)."""
+
+    def __init__(self, section: str, key: str, what: str) -> None:
+        self.section, self.key, self.what = section, key, what
+        self.models: dict[str, type[SectionT]] = {}
+
+    def register(self, model: type[SectionT]) -> type[SectionT]:
+        """Add ``model`` under the default of its ``key`` field (a class decorator)."""
+        name = model.model_fields[self.key].default
+        if not isinstance(name, str):
+            raise TypeError(f"{model.__name__}.{self.key} needs a string default (its name).")
+        self.models[name] = model
+        return model
+
+    def model(self, name: str) -> type[SectionT]:
+        if not self.models:
+            raise RuntimeError(
+                f"No {self.what}s are registered: import domainssl.methods before validating "
+                "a run config."
+            )
+        if name not in self.models:
+            raise PydanticCustomError(
+                "unknown_choice",
+                "unknown {what} {name!r}; registered: {choices}",
+                {"what": self.what, "name": name, "choices": ", ".join(self.models)},
+            )
+        return self.models[name]
+
+    def validate(self, value: Any) -> SectionT:
+        """``value`` (a mapping naming its choice, or a model) as the chosen model."""
+        if isinstance(value, Section):
+            value = value.model_dump()
+        if not isinstance(value, dict) or not isinstance(value.get(self.key), str):
+            raise PydanticCustomError(
+                "missing_choice", "needs a {key}", {"key": f"{self.section}.{self.key}"}
+            )
+        return self.model(value[self.key]).model_validate(value)
+
+
+METHOD_CONFIGS: SectionChoices[MethodConfig] = SectionChoices("method", "name", "method")
+"""Section models of the SSL methods, by ``method.name``."""
+VIEW_CONFIGS: SectionChoices[ViewsConfig] = SectionChoices("views", "preset", "view preset")
+"""Section models of the view presets, by ``views.preset``."""
+DEFAULT_METHOD = "simclr"
+
+
+class DataConfig(Section):
     """Where the images come from and how they are batched."""
 
     path: str | None = None
@@ -65,59 +144,7 @@ class DataConfig(_Section):
     """Chips: an unreadable file is an error; False = skip it and list the skipped files."""
 
 
-class ViewsConfig(_Section):
-    """Batch-level augmentation (the views the model learns to be invariant to)."""
-
-    preset: Literal["eo", "pathology", "reid"] = "eo"
-    crop_size: int = 32
-    """Output side (px) of each view."""
-    crop_scale: tuple[float, float] = (0.25, 1.0)
-    """Area fraction range of the random resized crop."""
-    crop_ratio: tuple[float, float] = (0.75, 1.333)
-    flip_p: float = 0.5
-    rot90: bool = True
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    """Per-band additive shift, in units of that band's std."""
-    contrast: float = 0.4
-    """Per-band multiplicative factor range 1 ± contrast."""
-    band_dropout_p: float = 0.0
-    """Probability that each band is zeroed (at least one band is kept)."""
-    blur_p: float = 0.3
-    blur_sigma: tuple[float, float] = (0.1, 1.0)
-    noise_std: float = 0.05
-    hed_sigma: float = 0.05
-    """Pathology: multiplicative HED stain jitter (Tellez et al. 2018 "HED-light": 0.05)."""
-    hed_bias: float = 0.05
-    """Pathology: additive HED stain jitter."""
-    crops: Literal["random", "object_aware", "scene_object"] = "random"
-    """``object_aware`` (Mishra et al. 2022): one view inside an object proposal, the other in
-    the same box dilated; ``scene_object``: one object view, one whole-scene view."""
-    object_scale: tuple[float, float] = (0.5, 1.0)
-    """Object-aware: area range (s, 1) of the random resized crop inside the proposal box."""
-    box_dilation: tuple[float, float] = (1.1, 1.2)
-    """Object-aware: side factor by which the box of the other view is dilated."""
-    min_box_fraction: float = 0.3
-    """Object-aware: boxes with a side below this share of the image are padded to it."""
-    proposal_method: Literal["auto", "selective_search", "grouping", "nuclei"] = "auto"
-    """Object proposals: OpenCV selective search (3 bands), superpixel grouping (any bands),
-    nucleus-rich components (H&E); ``auto`` = selective search for 3 bands, else grouping."""
-    proposal_scale: float = 30.0
-    """Object proposals: Felzenszwalb scale of the base segmentation (larger = coarser)."""
-    proposal_min_side: int = 8
-    """Object proposals: smallest box side kept (px of the sample)."""
-    proposal_max_aspect: float = 3.0
-    proposal_top_k: int = 8
-    """Object proposals kept per image after NMS at IoU 0.5."""
-    channel_p: float = 0.3
-    """Re-ID: chance an RGB view becomes one random channel repeated to 3 (Ye et al. 2021)."""
-    gray_p: float = 0.2
-    """Re-ID: chance an RGB view becomes 3-channel gray (bridges RGB and infrared)."""
-    erase_p: float = 0.5
-    """Re-ID: chance of random erasing of a rectangle (Zhong et al. 2020)."""
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """Backbone from timm by name; ``in_chans`` always equals the band count."""
 
     backbone: str = "resnet18"
@@ -129,47 +156,7 @@ class ModelConfig(_Section):
     """Drop the stem's max-pool (keeps resolution for small chips, as CIFAR-style ResNets do)."""
 
 
-class MethodConfig(_Section):
-    """SSL method and its heads; keys a method does not use are ignored by it."""
-
-    name: Literal["simclr", "moco", "byol", "simsiam", "mmgl", "orl"] = "simclr"
-    proj_hidden_dim: int = 1024
-    proj_dim: int = 128
-    pred_hidden_dim: int = 512
-    """BYOL / SimSiam predictor width."""
-    temperature: float = 0.2
-    """SimCLR / MoCo softmax temperature."""
-    queue_size: int = 4096
-    """MoCo: negatives kept from earlier batches."""
-    momentum: float = 0.99
-    """MoCo / BYOL: EMA momentum of the target (BYOL raises it to 1 on a cosine schedule)."""
-    stripes: int = 4
-    """MMGL: horizontal stripes (parts) each person image is cut into."""
-    permutations: int = 24
-    """MMGL: size of the fixed stripe-permutation set (at most stripes!)."""
-    cycle_weight: float = 1.0
-    """MMGL: weight of the part-aware cycle-contrastive loss."""
-    cycle_temperature: float = 0.1
-    """MMGL: softmax temperature of the part-aware cycle-contrastive loss."""
-    two_stream: bool = False
-    """MMGL: separate RGB / infrared stems with shared deep layers (else one stream)."""
-    orl_init: str | None = None
-    """ORL: an existing pretrain run folder used as stage 1 (then stage 1 is skipped)."""
-    orl_stage_shares: tuple[float, float, float] = (0.4, 0.2, 0.4)
-    """ORL: shares of ``trainer.max_time`` for stages 1, 2 and 3 (unused time moves on)."""
-    orl_neighbors: int = 10
-    """ORL stage 2: nearest images (cosine) retrieved per image (Xie et al. 2021: 10)."""
-    orl_top_fraction: float = 0.1
-    """ORL stage 2: share of RoI-RoI pairs kept per image-neighbour pair (Xie et al.: 10%)."""
-    orl_mine_images: int | None = None
-    """ORL stage 2: mine pairs among this many randomly chosen images (None = all)."""
-    orl_jitter_iou: float = 0.5
-    """ORL stage 3: the intra-image RoI pair are two jitters of a box with IoU above this."""
-    orl_loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """ORL stage 3: weights of the global, intra-image RoI and inter-image RoI losses."""
-
-
-class OptimizerConfig(_Section):
+class OptimizerConfig(Section):
     name: Literal["sgd", "lars", "adamw"] = "lars"
     lr: float = 1.2
     """Peak learning rate (reached after warmup)."""
@@ -179,7 +166,7 @@ class OptimizerConfig(_Section):
     """Share of the run (steps or time budget) spent in linear warmup."""
 
 
-class TrainerConfig(_Section):
+class TrainerConfig(Section):
     epochs: int = 30
     limit_train_batches: int | float = 1.0
     """Batches per epoch: a share (float) or a count (int); for quick checks."""
@@ -215,7 +202,7 @@ class TrainerConfig(_Section):
         return None if self.max_time is None else parse_duration(self.max_time)
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     """A whole pretraining run."""
 
     domain: Literal["eo", "pathology", "reid"] = "eo"
@@ -224,11 +211,64 @@ class RunConfig(_Section):
     name: str | None = None
     """Run folder name; default ``<domain>-<method>-<timestamp>``."""
     data: DataConfig = DataConfig()
-    views: ViewsConfig = ViewsConfig()
+    views: SerializeAsAny[ViewsConfig]
+    """Keys of the preset ``views.preset`` (default: the method's preset, else the domain's)."""
     model: ModelConfig = ModelConfig()
-    method: MethodConfig = MethodConfig()
+    method: SerializeAsAny[MethodConfig]
+    """Keys of the method ``method.name`` (default simclr)."""
     optimizer: OptimizerConfig = OptimizerConfig()
     trainer: TrainerConfig = TrainerConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _choose_method_and_preset(cls, tree: Any) -> Any:
+        return with_default_choices(tree) if isinstance(tree, dict) else tree
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_of_its_name(cls, value: Any) -> MethodConfig:
+        return METHOD_CONFIGS.validate(value)
+
+    @field_validator("views", mode="before")
+    @classmethod
+    def _views_of_their_preset(cls, value: Any) -> ViewsConfig:
+        return VIEW_CONFIGS.validate(value)
+
+
+def with_default_choices(tree: dict[str, Any]) -> dict[str, Any]:
+    """``tree`` with ``method.name`` (default simclr) and ``views.preset`` (the method's
+    preset, else the domain's) filled in where missing."""
+    tree = dict(tree)
+    method = tree.get("method")
+    if method is None or (isinstance(method, dict) and "name" not in method):
+        tree["method"] = method = {"name": DEFAULT_METHOD, **(method or {})}
+    views = tree.get("views")
+    if views is None or (isinstance(views, dict) and "preset" not in views):
+        name = method.name if isinstance(method, MethodConfig) else _get(method, "name")
+        model = METHOD_CONFIGS.models.get(name) if isinstance(name, str) else None
+        preset = (model.default_preset if model is not None else None) or tree.get("domain")
+        tree["views"] = {"preset": preset or "eo", **(views or {})}
+    return tree
+
+
+def without_foreign_keys(tree: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config with the keys its method and view preset do not have left out.
+
+    Run folders written before each method and preset had its own section hold every
+    method's and preset's keys; resuming them reads only the chosen ones.
+    """
+    tree = with_default_choices(tree)
+    choices: dict[str, SectionChoices[Any]] = {"method": METHOD_CONFIGS, "views": VIEW_CONFIGS}
+    for section, registry in choices.items():
+        part = tree.get(section)
+        model = registry.models.get(_get(part, registry.key))
+        if model is not None and isinstance(part, dict):
+            tree[section] = {k: v for k, v in part.items() if k in model.model_fields}
+    return tree
+
+
+def _get(mapping: Any, key: str) -> Any:
+    return mapping.get(key) if isinstance(mapping, dict) else None
 
 
 def parse_duration(text: str) -> float:
@@ -302,7 +342,7 @@ def build_config(tree: dict[str, Any], source: str) -> RunConfig:
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
-        raise DomainSSLError(_explain(err, source)) from None
+        raise DomainSSLError(_explain(err, source, tree)) from None
 
 
 def load_config(
@@ -326,27 +366,39 @@ def load_config(
     return build_config(tree, str(path))
 
 
-def _explain(err: ValidationError, source: str) -> str:
+def _explain(err: ValidationError, source: str, tree: dict[str, Any]) -> str:
     lines = [f"Invalid config ({source}):"]
     for problem in err.errors():
         loc = [str(part) for part in problem["loc"]]
         where = ".".join(loc)
         if problem["type"] == "extra_forbidden":
-            valid = ", ".join(_valid_keys(loc[:-1]))
-            lines.append(f"  unknown key '{where}'. Valid keys here: {valid}")
+            lines.append(f"  {_unknown_key(loc, tree)}")
+        elif problem["type"] in ("unknown_choice", "missing_choice"):
+            lines.append(f"  {where}: {problem['msg']}")
         else:
             lines.append(f"  {where}: {problem['msg']} (got {problem.get('input')!r})")
     return "\n".join(lines)
 
 
-def _valid_keys(section_path: list[str]) -> list[str]:
+def _unknown_key(loc: list[str], tree: dict[str, Any]) -> str:
+    """The message for an unknown key: the keys valid where it stands."""
+    where = ".".join(loc)
+    choices: dict[str, SectionChoices[Any]] = {"method": METHOD_CONFIGS, "views": VIEW_CONFIGS}
+    if len(loc) == 2 and loc[0] in choices:
+        registry = choices[loc[0]]
+        name = with_default_choices(tree)[loc[0]][registry.key]
+        valid = ", ".join(registry.models[name].model_fields)
+        return (
+            f"unknown key '{where}': {registry.what} '{name}' has no key '{loc[1]}'. "
+            f"Valid keys of {name}: {valid}"
+        )
     model: type[BaseModel] = RunConfig
-    for key in section_path:
+    for key in loc[:-1]:
         annotation = model.model_fields[key].annotation
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             break
         model = annotation
-    return list(model.model_fields)
+    return f"unknown key '{where}'. Valid keys here: {', '.join(model.model_fields)}"
 
 
 def to_yaml(config: RunConfig) -> str:

@@ -1,4 +1,4 @@
-"""Pretraining: config -> data + method + Trainer -> fit -> export, in one function."""
+"""Pretraining: config -> data module + method -> Trainer -> fit -> export."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import csv
 import os
 import shutil
 import time
-from collections.abc import Callable
+import warnings
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +16,19 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from domainssl.checkpointing import (
-    LAST_CHECKPOINT,
-    AtomicCheckpointIO,
-    PeriodicCheckpoint,
-    epoch_seeded,
-)
+from domainssl.checkpointing import LAST_CHECKPOINT, AtomicCheckpointIO, PeriodicCheckpoint
 from domainssl.config import RunConfig, to_yaml
-from domainssl.data.datamodule import PretrainData, prepare_pretrain_data, train_loader
+from domainssl.data.datamodule import PretrainData
 from domainssl.errors import DomainSSLError
 from domainssl.export import BackboneMeta, export_backbone
 from domainssl.io import atomic_write, atomic_write_text
-from domainssl.methods import METHODS
+from domainssl.methods.registry import method_spec
 from domainssl.paths import SKIPPED_INPUTS
 from domainssl.runinfo import write_run_info
-from domainssl.stain_setup import StainSetup
-from domainssl.views.proposals import ProposalSettings
+
+warnings.filterwarnings(  # by design: views are made on the device by the method's hook
+    "ignore", message="You have overridden `on_after_batch_transfer` in `LightningModule`"
+)
 
 RUN_DIR_ENV = "DOMAINSSL_RUN_DIR"  # shared with the DDP worker processes Lightning starts
 SESSION_LOGS = "logs"
@@ -117,28 +115,34 @@ def build_trainer(config: RunConfig, run_dir: Path, progress_bar: bool = True) -
     )
 
 
-def pretrain(
-    config: RunConfig,
-    resume: Path | None = None,
-    progress_bar: bool = True,
-    dataset_hook: Callable[[PretrainData], PretrainData] | None = None,
-) -> Path:
+def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool = True) -> Path:
     """Train the configured method and export its backbone; returns the run folder.
+
+    A single-stage method is one :func:`fit_and_export`; a multi-stage method's driver
+    (from the registry) runs its stages, each trained by :func:`fit_and_export`.
 
     Args:
         config: the resolved run config.
         resume: a run folder to continue from its ``checkpoints/last.ckpt``.
         progress_bar: show Lightning's progress bar.
-        dataset_hook: changes the prepared data before training (ORL's stage 3 adds its
-            mined object pairs); ``method.name`` orl without it runs all ORL stages.
     """
-    if config.method.name == "orl" and dataset_hook is None:
-        from domainssl.orl import pretrain_orl
-
-        return pretrain_orl(config, resume, progress_bar)
+    spec = method_spec(config.method.name)
     run_dir = resume if resume is not None else new_run_dir(config)
+    fit = partial(fit_and_export, progress_bar=progress_bar)
+    if spec.stages is None:
+        fit(config, run_dir, resume is not None)
+    else:
+        spec.stages(config, run_dir, resume is not None, fit)
+    return run_dir
+
+
+def fit_and_export(
+    config: RunConfig, run_dir: Path, resume: bool, progress_bar: bool = True
+) -> None:
+    """config -> data module + method -> Trainer -> fit -> export, into ``run_dir``."""
+    spec = method_spec(config.method.name)
     checkpoint = run_dir / LAST_CHECKPOINT
-    if resume is not None and not checkpoint.is_file():
+    if resume and not checkpoint.is_file():
         raise DomainSSLError(f"{run_dir} has no {LAST_CHECKPOINT} to resume from.")
     is_new = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -146,54 +150,47 @@ def pretrain(
     atomic_write_text(run_dir / "config.yaml", to_yaml(config))
     write_run_info(run_dir)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    datamodule = spec.data(config, run_dir)
     try:
-        stain = StainSetup(config.data, run_dir)
-        needs_boxes = config.views.crops != "random" or config.method.name == "orl"
-        proposals = ProposalSettings.from_views(config.views) if needs_boxes else None
-        data = prepare_pretrain_data(
-            config.data, config.domain, run_dir, config.trainer.seed, stain, proposals
-        )
-        if dataset_hook is not None:
-            data = dataset_hook(data)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
     except DomainSSLError:
         if is_new:  # bad data: leave no empty run folder behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    method = METHODS[config.method.name](
-        config.model_dump(mode="json"), data.band_names, data.stats.mean, data.stats.std
-    )
+    data = datamodule.data
+    method = spec.module(config, data.band_names, data.stats.mean, data.stats.std)
     trainer = build_trainer(config, run_dir, progress_bar)
     inherited = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers started by fit() inherit it
     try:
-        trainer.fit(
-            method,
-            epoch_seeded(train_loader(data, config.data), trainer, config.trainer.seed),
-            ckpt_path=checkpoint if resume is not None else None,
-        )
+        trainer.fit(method, datamodule=datamodule, ckpt_path=checkpoint if resume else None)
     finally:
         if inherited is None:
             os.environ.pop(RUN_DIR_ENV, None)
     trainer.save_checkpoint(checkpoint, weights_only=False)
     if trainer.is_global_zero:
         merge_metrics(run_dir)
-        meta = BackboneMeta(
-            timm_name=config.model.backbone,
-            small_input=config.model.small_input,
-            in_chans=data.in_chans,
-            band_names=data.band_names,
-            mean=data.stats.mean,
-            std=data.stats.std,
-            feature_dim=method.feature_dim,
-            input_size=config.data.sample_size,
-            method=config.method.name,
-            domain=config.domain,
-            data_source=data.source,
-            config=config.model_dump(mode="json"),
-            mpp=data.mpp,
-            stain_norm=stain.state,
-        )
-        export_backbone(method.backbone, meta, run_dir)
+        export_backbone(method.backbone, backbone_meta(config, data, method.feature_dim), run_dir)
         if data.skipped:
             atomic_write_text(run_dir / SKIPPED_INPUTS, "\n".join(data.skipped) + "\n")
-    return run_dir
+
+
+def backbone_meta(config: RunConfig, data: PretrainData, feature_dim: int) -> BackboneMeta:
+    """What the export records: architecture, bands, normalization, resolution, stain."""
+    return BackboneMeta(
+        timm_name=config.model.backbone,
+        small_input=config.model.small_input,
+        in_chans=data.in_chans,
+        band_names=data.band_names,
+        mean=data.stats.mean,
+        std=data.stats.std,
+        feature_dim=feature_dim,
+        input_size=config.data.sample_size,
+        method=config.method.name,
+        domain=config.domain,
+        data_source=data.source,
+        config=config.model_dump(mode="json"),
+        mpp=data.mpp,
+        stain_norm=data.stain_norm,
+    )

@@ -10,20 +10,39 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from fixtures import write_chip_folder, write_scene
 
-FAST = [
+FAST_RUN = [
     "model.backbone=resnet10t",
     "data.sample_size=32",
     "data.batch_size=8",
     "data.num_workers=0",
     "data.stats_samples=64",
-    "views.crop_size=16",
-    "method.proj_hidden_dim=32",
-    "method.proj_dim=16",
-    "method.pred_hidden_dim=16",
-    "method.queue_size=32",
     "trainer.epochs=1",
     "trainer.accelerator=cpu",
 ]
+FAST_SECTIONS = {
+    "views": {"crop_size": 16},
+    "method": {"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 16, "queue_size": 32},
+}
+
+
+def fast(method: str = "simclr", preset: str = "eo") -> list[str]:
+    """``--set`` items for a tiny, fast run of ``method`` with the ``preset`` views: the
+    small sizes of :data:`FAST_SECTIONS` that the method's and preset's sections have."""
+    import domainssl.methods  # noqa: F401  (registers the methods and view presets)
+    from domainssl.config import METHOD_CONFIGS, VIEW_CONFIGS
+
+    models = {"method": METHOD_CONFIGS.models[method], "views": VIEW_CONFIGS.models[preset]}
+    items = [
+        f"{section}.{key}={value}"
+        for section, values in FAST_SECTIONS.items()
+        for key, value in values.items()
+        if key in models[section].model_fields
+    ]
+    return FAST_RUN + items
+
+
+FAST = fast("simclr")
+"""The fast settings of SimCLR on EO views (the default method and preset)."""
 
 
 @pytest.fixture

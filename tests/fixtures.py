@@ -157,8 +157,8 @@ def write_infer_models(root: Path, classes: int = 3) -> dict[str, Path]:
 
     from domainssl.export import BackboneMeta, export_backbone
     from domainssl.models.backbones import create_backbone
-    from domainssl.transfer.finetune import Classifier
-    from domainssl.transfer.seg_model import build_segmenter
+    from domainssl.transfer.classification.finetune import Classifier
+    from domainssl.transfer.segmentation.model import build_segmenter
 
     meta = BackboneMeta(
         "resnet10t", True, 3, ["B1", "B2", "B3"], [1000.0] * 3, [500.0] * 3, 512, 32,

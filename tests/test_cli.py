@@ -127,7 +127,7 @@ def test_crash_in_second_epoch_leaves_first_epoch_checkpoint(
     tif_chips: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from domainssl.config import load_config
-    from domainssl.methods import SimCLR
+    from domainssl.methods.simclr import SimCLR
     from domainssl.pretrain import pretrain as run_pretraining
 
     def crash_in_epoch_two(self: SimCLR) -> None:

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
+import domainssl.methods  # noqa: F401  (registers the methods and view presets)
 from domainssl.config import load_config, parse_duration
 from domainssl.errors import DomainSSLError
+from domainssl.views.settings import CropViewsConfig
 
 
 def test_shipped_default_loads() -> None:
@@ -23,6 +25,7 @@ def test_overrides_and_set_apply_in_order() -> None:
     )
     assert config.method.name == "byol"
     assert config.trainer.epochs == 5
+    assert isinstance(config.views, CropViewsConfig)
     assert config.views.crop_scale == (0.3, 0.9)
     assert config.data.path == "x"
 

@@ -3,7 +3,8 @@
 from pathlib import Path
 
 import pytest
-from conftest import FAST
+import yaml
+from conftest import fast
 from reid_fixtures import write_sysu
 from typer.testing import CliRunner
 
@@ -19,7 +20,9 @@ def test_configs_exist() -> None:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_config_runs(config: Path, tmp_path: Path) -> None:
-    sets = [*FAST, "trainer.limit_train_batches=2", "data.samples_per_epoch=32"]
+    tree = yaml.safe_load(config.read_text())
+    fast_sets = fast(tree["method"]["name"], tree["views"]["preset"])
+    sets = [*fast_sets, "trainer.limit_train_batches=2", "data.samples_per_epoch=32"]
     args = ["pretrain", "--config", str(config), "--out", str(tmp_path), "--name", "smoke"]
     if config.parent.name == "reid":  # no embedded demo data: a generated SYSU-MM01 layout
         args += ["--data", str(write_sysu(tmp_path / "SYSU-MM01", size=(64, 32)))]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from domainssl.config import RunConfig
 from domainssl.losses import NTXentLoss
-from domainssl.methods import MoCo
+from domainssl.methods.moco import MoCo
 
 BATCH, DIM, FEATURES = 8, 6, 5
 
@@ -65,7 +65,7 @@ def moco_problem() -> tuple[MoCo, torch.Tensor, torch.Tensor, torch.nn.Linear]:
     config = RunConfig.model_validate(
         {"model": {"backbone": "resnet10t"}, "method": {"name": "moco", "proj_hidden_dim": 8,
          "proj_dim": DIM, "queue_size": 12}}
-    ).model_dump(mode="json")  # fmt: skip
+    )  # fmt: skip
     method = MoCo(config, ["a"], [0.0], [1.0])
     x, keys = torch.randn(BATCH, FEATURES), F.normalize(torch.randn(BATCH, DIM), dim=1)
     return method, x, keys, torch.nn.Linear(FEATURES, DIM)
@@ -126,7 +126,7 @@ ORL_FAST = [
 )
 def test_ddp_run_keeps_replicas_identical(method: str, tif_chips: Path, tmp_path: Path) -> None:
     """MMGL's DDP run is in test_reid_cli.py (it needs re-ID data)."""
-    from conftest import FAST
+    from conftest import fast
 
     command = [
         sys.executable,
@@ -149,7 +149,7 @@ def test_ddp_run_keeps_replicas_identical(method: str, tif_chips: Path, tmp_path
         "ddp",
         "--epochs",
         "2",
-        *[f"--set={item}" for item in FAST if not item.startswith("trainer.epochs")],
+        *[f"--set={item}" for item in fast(method) if not item.startswith("trainer.epochs")],
         "--set=trainer.strategy=ddp",
         "--set=data.batch_size=4",
         *[f"--set={item}" for item in (ORL_FAST if method == "orl" else [])],

@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 from domainssl.cli import app
 from domainssl.errors import DomainSSLError
 from domainssl.export import load_backbone, preprocess, read_meta
-from domainssl.infer import partial as partial_module
-from domainssl.infer import streaming
-from domainssl.infer.geotiff import infer_geotiff
+from domainssl.infer.geotiff import resumable as partial_module
+from domainssl.infer.geotiff import streaming
+from domainssl.infer.geotiff.infer import infer_geotiff
 from domainssl.infer.tiles import blend_weights
-from domainssl.transfer.classify import load_classifier
-from domainssl.transfer.seg_transfer import load_segmenter
+from domainssl.transfer.classification.transfer import load_classifier
+from domainssl.transfer.segmentation.transfer import load_segmenter
 
 CLASSES = 3
 

@@ -13,11 +13,11 @@ import torch
 from fixtures import write_geotiff, write_infer_models
 from torch import nn
 
-from domainssl.infer import partial as partial_module
-from domainssl.infer import streaming
-from domainssl.infer.geotiff import infer_geotiff
-from domainssl.infer.parts import _run_part, split
-from domainssl.infer.streaming import RunOptions, plan_run
+from domainssl.infer.geotiff import resumable as partial_module
+from domainssl.infer.geotiff import streaming
+from domainssl.infer.geotiff.infer import infer_geotiff
+from domainssl.infer.geotiff.row_parts import _run_part, split
+from domainssl.infer.geotiff.streaming import RunOptions, plan_run
 
 
 @pytest.fixture(scope="module")

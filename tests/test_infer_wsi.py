@@ -23,11 +23,12 @@ from torch import nn
 from domainssl.data.pathology import SlideGrid, read_patch
 from domainssl.errors import DomainSSLError
 from domainssl.export import preprocess, read_meta
-from domainssl.infer import heatmap, wsi
-from domainssl.infer.heatmap import CELL, PALETTE
-from domainssl.infer.wsi import infer_slide, is_slide_source
-from domainssl.transfer.classify import load_classifier
-from domainssl.transfer.seg_transfer import load_segmenter
+from domainssl.infer.wsi import heatmap
+from domainssl.infer.wsi import infer as wsi
+from domainssl.infer.wsi.heatmap import CELL, PALETTE
+from domainssl.infer.wsi.infer import infer_slide, is_slide_source
+from domainssl.transfer.classification.transfer import load_classifier
+from domainssl.transfer.segmentation.transfer import load_segmenter
 
 BOXES = [(256, 256, 1024, 768), (1280, 896, 1792, 1280)]  # tissue, level-0 px
 SLIDE_MPP, MPP, TILE = 0.25, 0.5, 32

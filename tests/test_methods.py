@@ -4,22 +4,24 @@ import pytest
 import torch
 from torch import nn
 
-from domainssl.config import RunConfig
-from domainssl.methods import BYOL, MoCo
+from domainssl.config import OptimizerConfig, RunConfig
 from domainssl.methods.base import CollapseMonitor, ema_update, replica_fingerprint
-from domainssl.methods.byol import cosine_momentum
+from domainssl.methods.byol import BYOL, cosine_momentum
+from domainssl.methods.moco import MoCo
 from domainssl.methods.optim import LARS, build_optimizer, warmup_cosine
 
 
-def tiny_config(**method: object) -> dict:
-    config = RunConfig.model_validate(
+def tiny_config(name: str, **method: object) -> RunConfig:
+    heads = {"proj_hidden_dim": 16, "proj_dim": 8}
+    if name == "byol":
+        heads["pred_hidden_dim"] = 8
+    return RunConfig.model_validate(
         {
             "model": {"backbone": "resnet10t"},
             "views": {"crop_size": 16},
-            "method": {"proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 8, **method},
+            "method": {"name": name, **heads, **method},
         }
     )
-    return config.model_dump(mode="json")
 
 
 def test_ema_update_formula_and_buffer_copy() -> None:
@@ -43,7 +45,7 @@ def test_byol_cosine_momentum_schedule() -> None:
 
 def test_byol_target_follows_online_by_ema() -> None:
     torch.manual_seed(0)
-    method = BYOL(tiny_config(momentum=0.5), ["a", "b"], [0.0, 0.0], [1.0, 1.0])
+    method = BYOL(tiny_config("byol", momentum=0.5), ["a", "b"], [0.0, 0.0], [1.0, 1.0])
     with torch.no_grad():
         for p in method.backbone.parameters():
             p.add_(1.0)
@@ -57,7 +59,7 @@ def test_byol_target_follows_online_by_ema() -> None:
 
 def test_moco_queue_takes_newest_keys_first() -> None:
     torch.manual_seed(0)
-    method = MoCo(tiny_config(queue_size=10), ["a"], [0.0], [1.0])
+    method = MoCo(tiny_config("moco", queue_size=10), ["a"], [0.0], [1.0])
     old = method.queue.clone()
     method.loss_and_embedding(torch.randn(3, 1, 16, 16), torch.randn(3, 1, 16, 16))
     assert method.queue.shape == (10, 8)
@@ -82,7 +84,7 @@ def test_lars_scales_update_by_trust_ratio() -> None:
 
 
 def test_bias_and_norm_parameters_skip_weight_decay() -> None:
-    config = RunConfig().optimizer.model_copy(update={"name": "sgd", "weight_decay": 0.1})
+    config = OptimizerConfig().model_copy(update={"name": "sgd", "weight_decay": 0.1})
     optimizer = build_optimizer(nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)), config)
     decays = sorted((g["weight_decay"], len(g["params"])) for g in optimizer.param_groups)
     assert decays == [(0.0, 3), (0.1, 1)]

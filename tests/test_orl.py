@@ -4,16 +4,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import FAST
+from conftest import fast
 from torch import nn
 from typer.testing import CliRunner
 
 from domainssl.cli import app
 from domainssl.config import RunConfig
-from domainssl.data.orl_pairs import FixedImages, PairedSamples, load_pairs
 from domainssl.data.proposal_cache import ProposalBoxes, ProposalStore
-from domainssl.methods.orl import ORL
-from domainssl.methods.orl_mining import MiningSettings, knn_cosine, mine_pairs
+from domainssl.methods.orl.mining import MiningSettings, knn_cosine, mine_pairs
+from domainssl.methods.orl.module import ORL
+from domainssl.methods.orl.pairs import FixedImages, PairedSamples, load_pairs
 
 
 def test_knn_matches_brute_force_in_small_blocks() -> None:
@@ -84,7 +84,7 @@ def test_stage_three_step_uses_all_three_losses(tmp_path: Path) -> None:
     boxes = ProposalBoxes(FixedImages(images), store)
     pairs_dir = tmp_path / "pairs"
     pairs_dir.mkdir()
-    from domainssl.data.orl_pairs import save_chunk
+    from domainssl.methods.orl.pairs import save_chunk
 
     box = np.array([[0.2, 0.2, 0.8, 0.8]] * 2, np.float32)
     save_chunk(pairs_dir / "chunk_000000000.npz",
@@ -98,7 +98,7 @@ def test_stage_three_step_uses_all_three_losses(tmp_path: Path) -> None:
     config = RunConfig.model_validate(
         {"model": {"backbone": "resnet10t"}, "views": {"crop_size": 16},
          "method": {"name": "orl", "proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 8}}
-    ).model_dump(mode="json")  # fmt: skip
+    )  # fmt: skip
     method = ORL(config, ["a", "b"], [50.0, 50.0], [30.0, 30.0])
     batch = method.on_after_batch_transfer(batch, 0)
     assert all(v.shape == (6, 2, 16, 16) for key in ("views", "intra", "inter") for v in batch[key])
@@ -108,7 +108,7 @@ def test_stage_three_step_uses_all_three_losses(tmp_path: Path) -> None:
 
 
 def test_cli_orl_runs_three_stages_and_exports(tif_chips: Path, tmp_path: Path) -> None:
-    sets = [*FAST, "method.orl_neighbors=3", "views.proposal_method=grouping",
+    sets = [*fast("orl"), "method.orl_neighbors=3", "views.proposal_method=grouping",
             "views.proposal_min_side=6", "trainer.limit_train_batches=2"]  # fmt: skip
     args = ["pretrain", "--domain", "eo", "--method", "orl", "--data", str(tif_chips),
             "--out", str(tmp_path), "--name", "orl", "--max-time", "00:05:00"]  # fmt: skip
@@ -124,7 +124,7 @@ def test_cli_orl_runs_three_stages_and_exports(tif_chips: Path, tmp_path: Path) 
 
 
 def test_cli_orl_init_reuses_a_run_and_rejects_a_bad_one(tif_chips: Path, tmp_path: Path) -> None:
-    base = [*FAST, "trainer.limit_train_batches=2", "views.proposal_method=grouping"]
+    base = [*fast("byol"), "trainer.limit_train_batches=2", "views.proposal_method=grouping"]
     runner = CliRunner()
     first = ["pretrain", "--method", "byol", "--data", str(tif_chips), "--out", str(tmp_path),
              "--name", "byol"]  # fmt: skip
@@ -139,9 +139,9 @@ def test_cli_orl_init_reuses_a_run_and_rejects_a_bad_one(tif_chips: Path, tmp_pa
 
 
 def test_cli_object_aware_crops_with_every_method(tif_chips: Path, tmp_path: Path) -> None:
-    sets = [*FAST, "trainer.limit_train_batches=1", "views.crops=object_aware",
-            "views.proposal_method=grouping"]  # fmt: skip
     for method in ("simclr", "moco", "byol", "simsiam"):
+        sets = [*fast(method), "trainer.limit_train_batches=1", "views.crops=object_aware",
+                "views.proposal_method=grouping"]  # fmt: skip
         args = ["pretrain", "--method", method, "--data", str(tif_chips), "--out",
                 str(tmp_path), "--name", method]  # fmt: skip
         result = CliRunner().invoke(app, args + [f"--set={s}" for s in sets])

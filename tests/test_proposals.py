@@ -8,9 +8,8 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from domainssl.config import ViewsConfig
-from domainssl.data.orl_pairs import FixedImages
 from domainssl.data.proposal_cache import ProposalBoxes, compute_proposals
+from domainssl.methods.orl.pairs import FixedImages
 from domainssl.views.crops import resample
 from domainssl.views.object_crops import (
     box_affine,
@@ -21,6 +20,7 @@ from domainssl.views.object_crops import (
 )
 from domainssl.views.presets import EOViews, view_pair
 from domainssl.views.proposals import ProposalSettings, filter_boxes, propose
+from domainssl.views.settings import EOViewsConfig
 
 RECTANGLES = [(4, 6, 24, 22), (36, 8, 58, 28), (14, 38, 46, 58)]  # x0, y0, x1, y1
 
@@ -125,7 +125,7 @@ def test_object_aware_views_look_inside_the_box() -> None:
     images[:, :, 16:48, 16:48] = 1.0
     boxes = torch.tensor([[0.25, 0.25, 0.75, 0.75]]).expand(8, 4)
     off: dict[str, Any] = {"jitter_p": 0, "blur_p": 0, "noise_std": 0, "crop_ratio": (1, 1)}
-    config = ViewsConfig(crop_size=16, crops="object_aware", object_scale=(1.0, 1.0),
+    config = EOViewsConfig(crop_size=16, crops="object_aware", object_scale=(1.0, 1.0),
                          crop_scale=(1.0, 1.0), box_dilation=(1.0, 1.0), **off)  # fmt: skip
     views = EOViews(config, [0.0, 0.0], [1.0, 1.0])
     first, second = view_pair(views, images, boxes)
@@ -143,6 +143,6 @@ def test_object_aware_views_look_inside_the_box() -> None:
 
 def test_random_crops_ignore_boxes() -> None:
     torch.manual_seed(0)
-    views = EOViews(ViewsConfig(crop_size=8), [0.0], [1.0])
+    views = EOViews(EOViewsConfig(crop_size=8), [0.0], [1.0])
     first, second = view_pair(views, torch.randn(3, 1, 16, 16), torch.rand(3, 4))
     assert first.shape == second.shape == (3, 1, 8, 8)

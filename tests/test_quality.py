@@ -11,7 +11,7 @@ from domainssl.data.folder import ChipFolder, InMemoryChips
 from domainssl.export import load_backbone
 from domainssl.models.backbones import create_backbone
 from domainssl.paths import DATASETS_DIR
-from domainssl.transfer.probe import extract_features, linear_probe, stratified_split
+from domainssl.transfer.classification.probe import extract_features, linear_probe, stratified_split
 
 DEMO = DATASETS_DIR / "eurosat_demo"
 

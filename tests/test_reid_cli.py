@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAST
+from conftest import fast
 from reid_fixtures import write_regdb, write_sysu
 from typer.testing import CliRunner
 
@@ -20,7 +20,12 @@ from domainssl.methods.mmgl import IR_WEIGHTS
 from domainssl.paths import CONFIGS_DIR
 
 runner = CliRunner()
-REID_FAST = [*FAST, "data.person_size=[32,16]", "method.stripes=4", "method.permutations=24"]
+REID_FAST = [
+    *fast("mmgl", "reid"),
+    "data.person_size=[32,16]",
+    "method.stripes=4",
+    "method.permutations=24",
+]
 
 
 def pretrain(data: Path, out: Path, *sets: str) -> Path:
@@ -108,7 +113,7 @@ def test_reid_protocol_is_refused_for_classification(tmp_path: Path) -> None:
 def test_reid_config_runs_on_generated_data(config: Path, tmp_path: Path) -> None:
     sysu = write_sysu(tmp_path / "SYSU-MM01", size=(64, 32))
     args = ["pretrain", "--config", str(config), "--data", str(sysu), "--out", str(tmp_path)]
-    sets = [*FAST, "trainer.limit_train_batches=2"]
+    sets = [*fast("mmgl", "reid"), "trainer.limit_train_batches=2"]
     result = runner.invoke(app, [*args, "--name", "smoke", *[f"--set={s}" for s in sets]])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "smoke" / "backbone.safetensors").is_file()

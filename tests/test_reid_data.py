@@ -9,7 +9,6 @@ import pytest
 import torch
 from reid_fixtures import write_generic, write_regdb, write_sysu
 
-from domainssl.config import ViewsConfig
 from domainssl.data.reid import (
     IR,
     RGB,
@@ -24,7 +23,7 @@ from domainssl.data.reid import (
     training_images,
 )
 from domainssl.errors import DomainSSLError
-from domainssl.transfer.reid_eval import single_shot
+from domainssl.transfer.reid.transfer import single_shot
 from domainssl.views.modality import (
     LUMA,
     grayscale,
@@ -35,6 +34,7 @@ from domainssl.views.modality import (
     to_three_channels,
 )
 from domainssl.views.presets import ReidViews
+from domainssl.views.settings import ReidViewsConfig
 
 
 def test_sysu_layout_ids_cameras_and_modalities(tmp_path: Path) -> None:
@@ -170,7 +170,7 @@ def test_flip_erasing_and_resize() -> None:
 
 
 def test_reid_views_standardize_and_accept_one_channel_infrared() -> None:
-    config = ViewsConfig(preset="reid", flip_p=0.0, channel_p=0.0, gray_p=0.0, erase_p=0.0)
+    config = ReidViewsConfig(flip_p=0.0, channel_p=0.0, gray_p=0.0, erase_p=0.0)
     views = ReidViews(config, [100.0, 100.0, 100.0], [50.0, 50.0, 50.0])
     infrared = torch.full((2, 1, 16, 8), 150.0)
     assert torch.allclose(views(infrared, infrared=True), torch.ones(2, 3, 16, 8))

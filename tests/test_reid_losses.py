@@ -151,7 +151,7 @@ def mmgl(**method: object) -> MMGL:
             "method": {"name": "mmgl", "proj_hidden_dim": 16, "proj_dim": 8, **method},
         }
     )
-    return MMGL(config.model_dump(mode="json"), ["red", "green", "blue"], [0.0] * 3, [1.0] * 3)
+    return MMGL(config, ["red", "green", "blue"], [0.0] * 3, [1.0] * 3)
 
 
 def test_mmgl_one_stream_losses() -> None:
@@ -184,10 +184,10 @@ def test_mmgl_two_stream_uses_a_separate_infrared_stem() -> None:
 
 def test_mmgl_needs_reid_views_and_a_resnet_for_two_streams() -> None:
     config = RunConfig.model_validate(
-        {"method": {"name": "mmgl"}, "model": {"backbone": "resnet10t"}}
+        {"method": {"name": "mmgl"}, "model": {"backbone": "resnet10t"}, "views": {"preset": "eo"}}
     )
     with pytest.raises(DomainSSLError, match="views.preset=reid"):
-        MMGL(config.model_dump(mode="json"), ["r", "g", "b"], [0.0] * 3, [1.0] * 3)
+        MMGL(config, ["r", "g", "b"], [0.0] * 3, [1.0] * 3)
     with pytest.raises(DomainSSLError, match="ResNet-family"):
         config = RunConfig.model_validate(
             {
@@ -196,4 +196,4 @@ def test_mmgl_needs_reid_views_and_a_resnet_for_two_streams() -> None:
                 "method": {"name": "mmgl", "two_stream": True},
             }
         )
-        MMGL(config.model_dump(mode="json"), ["r", "g", "b"], [0.0] * 3, [1.0] * 3)
+        MMGL(config, ["r", "g", "b"], [0.0] * 3, [1.0] * 3)

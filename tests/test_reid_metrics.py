@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from domainssl.errors import DomainSSLError
-from domainssl.transfer.reid_metrics import SYSU_LOCATIONS, retrieval_metrics, same_location
+from domainssl.transfer.reid.metrics import SYSU_LOCATIONS, retrieval_metrics, same_location
 
 
 def brute_force(

@@ -15,17 +15,17 @@ from domainssl.data.imageio import read_image
 from domainssl.errors import DomainSSLError
 from domainssl.export import BackboneMeta, preprocess
 from domainssl.models.backbones import create_backbone, first_conv_key
-from domainssl.transfer.seg_data import (
+from domainssl.transfer.segmentation.data import (
     SegmentationSet,
     find_pairs,
     load_segmentation_data,
     scan_labels,
     split_pairs,
 )
-from domainssl.transfer.seg_metrics import confusion_matrix, metrics_from_confusion
-from domainssl.transfer.seg_model import build_segmenter
-from domainssl.transfer.seg_overlays import save_overlays
-from domainssl.transfer.segment import (
+from domainssl.transfer.segmentation.metrics import confusion_matrix, metrics_from_confusion
+from domainssl.transfer.segmentation.model import build_segmenter
+from domainssl.transfer.segmentation.overlays import save_overlays
+from domainssl.transfer.segmentation.training import (
     SegmentTrainConfig,
     TrainingTiles,
     evaluate_segmenter,

@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 
 from domainssl.config import DataConfig
 from domainssl.data.folder import ChipFolder, InMemoryChips, apply_transform
-from domainssl.stain_setup import StainSetup
+from domainssl.data.stain_setup import StainSetup
 
 EMPTY = TensorDataset(torch.zeros(0))  # a reference fit never reads the data set
 

@@ -15,12 +15,12 @@ from domainssl.cli import app
 from domainssl.errors import DomainSSLError
 from domainssl.export import BackboneMeta, export_backbone, load_backbone, preprocess
 from domainssl.models.backbones import create_backbone, first_conv_key
-from domainssl.transfer.classify import embed, load_classifier
-from domainssl.transfer.cls_metrics import score
-from domainssl.transfer.knn import KNNHead
-from domainssl.transfer.labeled import load_labeled
-from domainssl.transfer.probe import ProbeSplit, fit_linear_head
-from domainssl.transfer.seg_transfer import load_segmenter
+from domainssl.transfer.classification.knn import KNNHead
+from domainssl.transfer.classification.labeled import load_labeled
+from domainssl.transfer.classification.metrics import score
+from domainssl.transfer.classification.probe import ProbeSplit, fit_linear_head
+from domainssl.transfer.classification.transfer import embed, load_classifier
+from domainssl.transfer.segmentation.transfer import load_segmenter
 
 runner = CliRunner()
 

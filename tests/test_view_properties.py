@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domainssl.config import ViewsConfig
 from domainssl.views.presets import build_views
+from domainssl.views.settings import EOViewsConfig, PathologyViewsConfig
 
 FAST = settings(max_examples=25, deadline=None, derandomize=True)
 
@@ -38,7 +38,7 @@ def test_eo_views_are_finite_and_of_the_crop_size(
     batch: tuple[torch.Tensor, int, list[float], list[float]], dropout: float, rot90: bool
 ) -> None:
     images, crop, mean, std = batch
-    config = ViewsConfig(preset="eo", crop_size=crop, band_dropout_p=dropout, rot90=rot90)
+    config = EOViewsConfig(crop_size=crop, band_dropout_p=dropout, rot90=rot90)
     torch.manual_seed(0)
     views = build_views(config, mean, std)(images)
     assert views.shape == (images.shape[0], images.shape[1], crop, crop)
@@ -59,7 +59,7 @@ def test_pathology_views_are_finite_and_of_the_crop_size(
     generator = torch.Generator().manual_seed(seed)
     shape = (batch, 3, crop + extra_h, crop + extra_w)
     images = torch.randint(0, 256, shape, generator=generator).float()  # (B, 3, H, W)
-    config = ViewsConfig(preset="pathology", crop_size=crop)
+    config = PathologyViewsConfig(crop_size=crop)
     torch.manual_seed(seed)
     views = build_views(config, [180.0, 120.0, 170.0], [40.0, 50.0, 30.0])(images)
     assert views.shape == (batch, 3, crop, crop)

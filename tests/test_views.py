@@ -7,28 +7,26 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domainssl.config import ViewsConfig
 from domainssl.errors import DomainSSLError
 from domainssl.views.crops import random_crop_affine, resample
 from domainssl.views.presets import EOViews, PathologyViews
+from domainssl.views.settings import EOViewsConfig, PathologyViewsConfig
 from domainssl.views.spectral import band_dropout, band_jitter, gaussian_noise, random_blur
 
-OFF: dict[str, Any] = {
+CROPS_OFF: dict[str, Any] = {
     "crop_scale": (1.0, 1.0),
     "crop_ratio": (1.0, 1.0),
     "flip_p": 0.0,
     "rot90": False,
-    "jitter_p": 0.0,
-    "band_dropout_p": 0.0,
     "blur_p": 0.0,
-    "noise_std": 0.0,
 }
+OFF: dict[str, Any] = {**CROPS_OFF, "jitter_p": 0.0, "band_dropout_p": 0.0, "noise_std": 0.0}
 
 
 def test_all_off_is_identity() -> None:
     images = torch.randn(4, 7, 24, 24)
     mean, std = [1.0] * 7, [2.0] * 7
-    views = EOViews(ViewsConfig(crop_size=24, **OFF), mean, std)(images)
+    views = EOViews(EOViewsConfig(crop_size=24, **OFF), mean, std)(images)
     assert torch.allclose(views, (images - 1) / 2, atol=1e-5)
 
 
@@ -63,7 +61,7 @@ def test_band_dropout_keeps_at_least_one_band() -> None:
 
 def test_views_differ_and_keep_band_count() -> None:
     torch.manual_seed(0)
-    pipeline = EOViews(ViewsConfig(crop_size=16), [0.0] * 11, [1.0] * 11)
+    pipeline = EOViews(EOViewsConfig(crop_size=16), [0.0] * 11, [1.0] * 11)
     images = torch.randn(6, 11, 40, 40)
     a, b = pipeline(images), pipeline(images)
     assert a.shape == (6, 11, 16, 16) and not torch.allclose(a, b)
@@ -81,7 +79,7 @@ def test_any_valid_input_gives_finite_views_of_configured_shape(
     bands: int, height: int, width: int, batch: int, crop: int
 ) -> None:
     images = torch.randn(batch, bands, height, width) * 100
-    config = ViewsConfig(crop_size=crop, band_dropout_p=0.3, blur_p=1.0)
+    config = EOViewsConfig(crop_size=crop, band_dropout_p=0.3, blur_p=1.0)
     views = EOViews(config, [0.0] * bands, [100.0] * bands)(images)
     assert views.shape == (batch, bands, crop, crop)
     assert bool(torch.isfinite(views).all())
@@ -92,14 +90,14 @@ def test_pathology_views_off_is_standardize_and_on_stays_finite() -> None:
     raw = torch.randint(0, 256, (4, 3, 32, 32)).float()
     mean, std = [180.0, 120.0, 170.0], [40.0, 50.0, 30.0]
     off = PathologyViews(
-        ViewsConfig(preset="pathology", crop_size=32, hed_sigma=0.0, hed_bias=0.0, **OFF), mean, std
+        PathologyViewsConfig(crop_size=32, hed_sigma=0.0, hed_bias=0.0, **CROPS_OFF), mean, std
     )
     expected = (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     assert torch.allclose(off(raw), expected, atol=1e-3)
-    on = PathologyViews(ViewsConfig(preset="pathology", crop_size=16), mean, std)(raw)
+    on = PathologyViews(PathologyViewsConfig(crop_size=16), mean, std)(raw)
     assert on.shape == (4, 3, 16, 16) and bool(torch.isfinite(on).all())
 
 
 def test_pathology_views_refuse_non_rgb() -> None:
     with pytest.raises(DomainSSLError, match="RGB images"):
-        PathologyViews(ViewsConfig(preset="pathology"), [0.0] * 4, [1.0] * 4)
+        PathologyViews(PathologyViewsConfig(), [0.0] * 4, [1.0] * 4)

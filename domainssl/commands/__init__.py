@@ -1,1 +1,1 @@
-"""`domainssl` commands past pretraining (transfer, embed, infer); ``cli.py`` registers them."""
+"""The `domainssl` commands, one module each; ``cli.py`` assembles them into the app."""

@@ -1,12 +1,15 @@
-"""What every command shares: user errors as one message and exit code 2, device choice."""
+"""What the commands share: user errors as one message and exit code 2, device choice, and
+the options of pretrain and views."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperCommand
 
 from domainssl.errors import DomainSSLError
 
@@ -36,3 +39,31 @@ def pick_device(accelerator: str) -> str:
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise DomainSSLError("--accelerator gpu but no CUDA GPU is visible: use cpu or auto.")
     return "cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu"
+
+
+def parse_devices(devices: str | None) -> int | str | None:
+    """``"2"`` -> 2; ``"auto"`` and ``"0,1"`` stay strings."""
+    return int(devices) if devices is not None and devices.isdigit() else devices
+
+
+class MethodsListedCommand(TyperCommand):
+    """A command whose help lists the registered methods (``--method``'s choices) with
+    their summaries. The registry is imported only when such a command's options are read,
+    so the other commands start fast."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        from domainssl.methods.registry import METHODS
+
+        self.epilog = "Methods: " + "; ".join(f"{n}: {s.summary}" for n, s in METHODS.items())
+        return super().get_params(ctx)
+
+
+Domain = Annotated[str, typer.Option(help="Domain: eo, pathology or reid.")]
+Method = Annotated[
+    str | None, typer.Option(help="SSL method (default simclr); the methods are listed below.")
+]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML run config to use.")]
+Data = Annotated[str | None, typer.Option(help="Folder of chips or GeoTIFF scene(s).")]
+Sets = Annotated[
+    list[str] | None, typer.Option("--set", help="Override any key: section.key=value.")
+]

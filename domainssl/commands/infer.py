@@ -62,8 +62,8 @@ def infer(
 ) -> None:
     """Run a model over a large GeoTIFF (a georeferenced GeoTIFF) or the tissue of a whole
     slide (a pyramidal heatmap TIFF + per-tile CSV / GeoJSON + thumbnail), tile by tile."""
-    from domainssl.infer.geotiff import infer_geotiff
-    from domainssl.infer.wsi import infer_slide, is_slide_source
+    from domainssl.infer.geotiff.infer import infer_geotiff
+    from domainssl.infer.wsi.infer import infer_slide, is_slide_source
     from domainssl.models.parallel import require_devices
 
     if precision not in ("32-true", "16-mixed"):

@@ -1,4 +1,4 @@
-"""`domainssl transfer` (classification, segmentation, re-ID retrieval) and `domainssl embed`."""
+"""`domainssl transfer`: classification, segmentation or re-ID retrieval on a backbone."""
 
 from __future__ import annotations
 
@@ -53,17 +53,17 @@ def transfer(
     from domainssl.config import parse_duration
     from domainssl.export import check_resolution, read_meta
     from domainssl.models.parallel import require_devices
-    from domainssl.transfer.classify import ClassifySettings, transfer_classify
-    from domainssl.transfer.finetune import FinetuneConfig
-    from domainssl.transfer.seg_transfer import SegmentSettings, transfer_segment
-    from domainssl.transfer.segment import SegmentTrainConfig
+    from domainssl.transfer.classification.finetune import FinetuneConfig
+    from domainssl.transfer.classification.transfer import ClassifySettings, transfer_classify
+    from domainssl.transfer.segmentation.training import SegmentTrainConfig
+    from domainssl.transfer.segmentation.transfer import SegmentSettings, transfer_segment
 
     require_devices(devices)
     check_resolution(read_meta(run_dir), mpp, str(data))
     seconds = parse_duration(max_time) if max_time is not None else None
     device = pick_device(accelerator)
     if task == "reid":
-        from domainssl.transfer.reid_eval import ReidSettings, transfer_reid
+        from domainssl.transfer.reid.transfer import ReidSettings, transfer_reid
 
         reid = ReidSettings(protocol, trials, baseline, batch_size, device)
         metrics, out_dir = transfer_reid(run_dir, data, out, reid)
@@ -94,22 +94,3 @@ def transfer(
     metrics = transfer_classify(run_dir, data, out_dir, settings)
     headline = "mAP" if "mAP" in metrics else "accuracy"
     typer.echo(f"Test {headline} {metrics[headline]:.4f}; wrote {out_dir} (read report.md first).")
-
-
-@user_errors
-def embed(
-    run_dir: Annotated[Path, typer.Argument(help="Folder of a finished `domainssl pretrain`.")],
-    data: Annotated[Path, typer.Option(help="Folder of images (class subfolders optional).")],
-    out: Annotated[Path, typer.Option(help="Parquet file to write.")] = Path("embeddings.parquet"),
-    map_png: Annotated[
-        Path | None, typer.Option("--map", help="Also write a 2-D t-SNE map (PNG).")
-    ] = None,
-    accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "auto",
-) -> None:
-    """Write the pooled embedding of every image (with path and label) to Parquet."""
-    from domainssl.transfer.embed import embed_folder
-
-    count = embed_folder(run_dir, data, out, map_png, pick_device(accelerator))
-    typer.echo(
-        f"Wrote {count} embeddings to {out}" + (f" and a map to {map_png}" if map_png else "")
-    )

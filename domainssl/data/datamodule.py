@@ -1,4 +1,5 @@
-"""From the data config to a dataset, its band metadata and a training DataLoader."""
+"""The training data of a run: from the config to a dataset with its band metadata, as a
+LightningDataModule that prepares once into the run folder and reads on every process."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from domainssl.config import DataConfig
+from domainssl.config import DataConfig, RunConfig
 from domainssl.data.eo import SceneWindows, list_scenes
 from domainssl.data.folder import ChipFolder, ImageTransform, InMemoryChips, apply_transform
 from domainssl.data.imageio import IMAGE_SUFFIXES, RGB_NAMES
@@ -23,10 +25,13 @@ from domainssl.data.reid import (
     PersonImages,
     training_images,
 )
+from domainssl.data.samplers import epoch_seeded
+from domainssl.data.stain_setup import StainSetup
 from domainssl.data.stats import BandStats, compute_band_stats
 from domainssl.errors import DomainSSLError, SkippedInputsWarning
 from domainssl.paths import DATASETS_DIR, REPO_ROOT, repo_resource
 from domainssl.views.proposals import ProposalSettings
+from domainssl.views.settings import CropViewsConfig
 
 DEMO_DATA = {
     "eo": DATASETS_DIR / "eurosat_demo",
@@ -46,6 +51,8 @@ class PretrainData:
     """Microns per pixel of the samples, when known (slides at ``data.mpp``)."""
     skipped: list[str] = field(default_factory=list)
     """Unreadable input files left out, one line each (file and problem)."""
+    stain_norm: dict | None = None
+    """The fitted stain normalization applied to every sample (what the export records)."""
 
     @property
     def in_chans(self) -> int:
@@ -202,3 +209,61 @@ def train_loader(data: PretrainData, config: DataConfig) -> DataLoader:
         num_workers=workers,
         persistent_workers=workers > 0,
     )
+
+
+class PretrainDataModule(L.LightningDataModule):
+    """A run's training data: prepared once into the run folder, read by every process.
+
+    :meth:`prepare_data` computes what is expensive and caches it in the run folder
+    (tissue grids, stain fit, per-band statistics, object proposals); :meth:`setup` builds
+    the dataset from those caches. After ``setup``, :attr:`data` holds the dataset and the
+    band names and statistics the method and the export need. A method may train on a
+    subclass that changes what :meth:`build` returns (ORL's mined object pairs).
+
+    Args:
+        config: the run config.
+        run_dir: the run folder (where the caches live).
+    """
+
+    def __init__(self, config: RunConfig, run_dir: Path) -> None:
+        super().__init__()
+        self.config, self.run_dir = config, run_dir
+        self._data: PretrainData | None = None
+
+    def prepare_data(self) -> None:
+        """Compute and cache everything expensive (kept for :meth:`setup` in this process)."""
+        if self._data is None:
+            self._data = self.build()
+
+    def setup(self, stage: str) -> None:
+        """Build the dataset from the run folder's caches (a no-op when already built)."""
+        if self._data is None:
+            self._data = self.build()
+
+    @property
+    def data(self) -> PretrainData:
+        if self._data is None:
+            raise RuntimeError("PretrainDataModule.setup() has not run yet.")
+        return self._data
+
+    def build(self) -> PretrainData:
+        """The dataset, with stain normalization and object proposals when configured."""
+        cfg = self.config
+        stain = StainSetup(cfg.data, self.run_dir)
+        views, proposals = cfg.views, None
+        if isinstance(views, CropViewsConfig) and views.crops != "random":
+            proposals = ProposalSettings.from_views(views)
+        data = prepare_pretrain_data(
+            cfg.data, cfg.domain, self.run_dir, cfg.trainer.seed, stain, proposals
+        )
+        data.stain_norm = stain.state
+        return data
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled batches whose order and views are a function of (seed, epoch)."""
+        loader = train_loader(self.data, self.config.data)
+        return epoch_seeded(loader, self._current_epoch, self.config.trainer.seed)
+
+    def _current_epoch(self) -> int:
+        assert self.trainer is not None, "the training loader is read by a Trainer"
+        return self.trainer.current_epoch

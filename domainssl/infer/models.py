@@ -13,10 +13,11 @@ from torch import nn
 
 from domainssl.errors import DomainSSLError
 from domainssl.export import METADATA, WEIGHTS, BackboneMeta, load_backbone, read_meta
-from domainssl.transfer.classify import MODEL_METADATA, load_classifier
-from domainssl.transfer.finetune import Classifier
-from domainssl.transfer.seg_model import Segmenter
-from domainssl.transfer.seg_transfer import load_segmenter
+from domainssl.transfer.classification.finetune import Classifier
+from domainssl.transfer.classification.transfer import load_classifier
+from domainssl.transfer.outputs import MODEL_METADATA
+from domainssl.transfer.segmentation.model import Segmenter
+from domainssl.transfer.segmentation.transfer import load_segmenter
 
 Task = Literal["segment", "classify", "embed"]
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 class NegativeCosineLoss(nn.Module):
-    """``2 - 2 cos(p, z)`` averaged over the batch; the target ``z`` gets no gradient."""
+    """``2 - 2 cos(p, z)`` averaged over the batch; the target ``z`` gets no gradient.
+
+    Args:
+        reduction: ``mean`` over the batch, or ``none`` for one loss per sample (N,).
+    """
+
+    def __init__(self, reduction: Literal["mean", "none"] = "mean") -> None:
+        super().__init__()
+        self.reduction = reduction
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if prediction.shape != target.shape or prediction.ndim != 2:
@@ -16,4 +26,5 @@ class NegativeCosineLoss(nn.Module):
                 f"expected two (N, D) tensors of one shape, got {prediction.shape}, {target.shape}"
             )
         cosine = F.cosine_similarity(prediction, target.detach(), dim=1)
-        return (2 - 2 * cosine).mean()
+        loss = 2 - 2 * cosine  # (N,)
+        return loss.mean() if self.reduction == "mean" else loss

@@ -1,20 +1,11 @@
-"""SSL methods: one LightningModule per method on the shared base in ``base.py``."""
+"""SSL methods: one LightningModule per method on the shared base in ``base.py``.
 
-from domainssl.methods.base import SSLMethod
-from domainssl.methods.byol import BYOL
-from domainssl.methods.mmgl import MMGL
-from domainssl.methods.moco import MoCo
-from domainssl.methods.orl import ORL
-from domainssl.methods.simclr import SimCLR
-from domainssl.methods.simsiam import SimSiam
+Importing this package imports every module and package in it, so each method registers
+itself (:mod:`domainssl.methods.registry`): adding a method is adding its file.
+"""
 
-METHODS: dict[str, type[SSLMethod]] = {
-    "simclr": SimCLR,
-    "moco": MoCo,
-    "byol": BYOL,
-    "simsiam": SimSiam,
-    "mmgl": MMGL,
-    "orl": ORL,
-}
+import importlib
+import pkgutil
 
-__all__ = ["BYOL", "METHODS", "MMGL", "ORL", "MoCo", "SSLMethod", "SimCLR", "SimSiam"]
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

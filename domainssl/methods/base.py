@@ -7,7 +7,7 @@ import math
 import warnings
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import lightning as L
 import torch
@@ -16,10 +16,10 @@ from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from domainssl.config import RunConfig
+from domainssl.config import MethodConfig, RunConfig
 from domainssl.methods.optim import build_optimizer, warmup_cosine
 from domainssl.models.backbones import create_backbone, load_backbone_weights
-from domainssl.views.presets import build_views, view_pair
+from domainssl.views.presets import ViewPipeline, build_views, view_pair
 
 
 @torch.no_grad()
@@ -82,30 +82,48 @@ class CollapseMonitor:
         return std, std * math.sqrt(len(mean))
 
 
-class SSLMethod(L.LightningModule):
+class ProjectionConfig(MethodConfig):
+    """Keys of the methods with a projection MLP on the backbone."""
+
+    proj_hidden_dim: int = 1024
+    proj_dim: int = 128
+
+
+SettingsT = TypeVar("SettingsT", bound=MethodConfig)
+
+
+class SSLMethod(L.LightningModule, Generic[SettingsT]):
     """Backbone + normalization + views + schedule; subclasses add heads and a loss.
 
     Args:
-        config: the run config.
+        config: the run config; ``config.method`` is the method's own section, kept as
+            :attr:`settings`.
         band_names: names of the input bands, in order.
         mean: per-band mean of the raw pixel values.
         std: per-band std of the raw pixel values.
     """
 
     def __init__(
-        self, config: dict[str, Any], band_names: list[str], mean: list[float], std: list[float]
+        self, config: RunConfig, band_names: list[str], mean: list[float], std: list[float]
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False)
-        self.config = RunConfig.model_validate(config)
-        model_cfg = self.config.model
+        hyperparameters = {"config": config.model_dump(mode="json"), "band_names": band_names}
+        self.save_hyperparameters({**hyperparameters, "mean": mean, "std": std}, logger=False)
+        self.config = config
+        self.settings = cast(SettingsT, config.method)  # the registry pairs module and section
+        model_cfg = config.model
         self.backbone = create_backbone(model_cfg.backbone, len(band_names), model_cfg.small_input)
         if model_cfg.init is not None:
             load_backbone_weights(self.backbone, Path(model_cfg.init), model_cfg.adapt_in_chans)
         self.feature_dim: int = self.backbone.num_features  # type: ignore[assignment]
-        self.views = build_views(self.config.views, mean, std)
+        self.views: ViewPipeline = build_views(config.views, mean, std)
         self.collapse = CollapseMonitor()
         self.progress = 0.0
+        self.build_heads()
+
+    @abstractmethod
+    def build_heads(self) -> None:
+        """Create the method's heads, targets and loss (backbone and views exist)."""
 
     @abstractmethod
     def loss_and_embedding(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,8 @@ from domainssl.errors import DomainSSLError
 from domainssl.io import atomic_write
 from domainssl.losses.part_cycle import PartCycleContrastiveLoss
 from domainssl.losses.permutation import PermutationRecoveryLoss
-from domainssl.methods.base import SSLMethod
+from domainssl.methods.base import ProjectionConfig, SSLMethod
+from domainssl.methods.registry import register_method
 from domainssl.models.heads import mlp
 from domainssl.views.presets import ReidViews
 
@@ -45,16 +46,29 @@ def run_stem(stem: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return images
 
 
-class MMGL(SSLMethod):
+class MMGLConfig(ProjectionConfig):
+    name: str = "mmgl"
+    default_preset: ClassVar[str | None] = "reid"
+    stripes: int = 4
+    """Horizontal stripes (parts) each person image is cut into."""
+    permutations: int = 24
+    """Size of the fixed stripe-permutation set (at most stripes!)."""
+    cycle_weight: float = 1.0
+    """Weight of the part-aware cycle-contrastive loss."""
+    cycle_temperature: float = 0.1
+    """Softmax temperature of the part-aware cycle-contrastive loss."""
+    two_stream: bool = False
+    """Separate RGB / infrared stems with shared deep layers (else one stream)."""
+
+
+@register_method(MMGLConfig, "RGB-IR re-ID: stripe permutation + part cycle-contrast")
+class MMGL(SSLMethod[MMGLConfig]):
     """Backbone (one or two streams) + permutation classifier + part projector."""
 
-    def __init__(
-        self, config: dict[str, Any], band_names: list[str], mean: list[float], std: list[float]
-    ) -> None:
-        super().__init__(config, band_names, mean, std)
+    def build_heads(self) -> None:
         if not isinstance(self.views, ReidViews):
             raise DomainSSLError("MMGL needs the re-ID views: set views.preset=reid.")
-        cfg = self.config.method
+        cfg = self.settings
         self.stripes = cfg.stripes
         self.recovery = PermutationRecoveryLoss(
             cfg.stripes, cfg.permutations, self.config.trainer.seed
@@ -118,7 +132,7 @@ class MMGL(SSLMethod):
                 "train/cycle_loss": float(cycle_loss),
                 "train/cycle_pairs": self.cycle.pairs / len(z_rgb) / max(1, self._world()),
             }
-        loss = permutation_loss + self.config.method.cycle_weight * cycle_loss
+        loss = permutation_loss + self.settings.cycle_weight * cycle_loss
         return loss, z_rgb
 
     def _world(self) -> int:

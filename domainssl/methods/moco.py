@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from domainssl.losses import QueueInfoNCELoss
 from domainssl.losses.gather import gather_no_grad
-from domainssl.methods.base import SSLMethod, ema_update
+from domainssl.methods.base import ProjectionConfig, SSLMethod, ema_update
+from domainssl.methods.registry import register_method
 from domainssl.models.heads import mlp
 
 
-class MoCo(SSLMethod):
+class MoCoConfig(ProjectionConfig):
+    name: str = "moco"
+    temperature: float = 0.2
+    """Softmax temperature of the InfoNCE loss."""
+    queue_size: int = 4096
+    """Negatives kept from earlier batches."""
+    momentum: float = 0.99
+    """EMA momentum of the key encoder."""
+
+
+@register_method(MoCoConfig, "v2: momentum key encoder + queue of gathered keys")
+class MoCo(SSLMethod[MoCoConfig]):
     """Queries from the online encoder, keys from its EMA; symmetric loss over both views.
 
     Keys of every process are gathered before they enter the queue, so the queue is the
@@ -23,11 +34,8 @@ class MoCo(SSLMethod):
 
     queue: torch.Tensor
 
-    def __init__(
-        self, config: dict[str, Any], band_names: list[str], mean: list[float], std: list[float]
-    ) -> None:
-        super().__init__(config, band_names, mean, std)
-        cfg = self.config.method
+    def build_heads(self) -> None:
+        cfg = self.settings
         self.projector = mlp(self.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim)
         self.key_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
         self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
@@ -38,7 +46,7 @@ class MoCo(SSLMethod):
     def loss_and_embedding(
         self, view0: torch.Tensor, view1: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        momentum = self.config.method.momentum
+        momentum = self.settings.momentum
         ema_update(self.key_backbone, self.backbone, momentum)
         ema_update(self.key_projector, self.projector, momentum)
         q0, q1 = self.projector(self.backbone(torch.cat([view0, view1]))).chunk(2)

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from domainssl.losses import NTXentLoss
-from domainssl.methods.base import SSLMethod
+from domainssl.methods.base import ProjectionConfig, SSLMethod
+from domainssl.methods.registry import register_method
 from domainssl.models.heads import mlp
 
 
-class SimCLR(SSLMethod):
+class SimCLRConfig(ProjectionConfig):
+    name: str = "simclr"
+    temperature: float = 0.2
+    """Softmax temperature of NT-Xent."""
+
+
+@register_method(SimCLRConfig, "NT-Xent on two views, negatives gathered across processes")
+class SimCLR(SSLMethod[SimCLRConfig]):
     """Contrast each view's projection with its pair against all others in the batch."""
 
-    def __init__(
-        self, config: dict[str, Any], band_names: list[str], mean: list[float], std: list[float]
-    ) -> None:
-        super().__init__(config, band_names, mean, std)
-        cfg = self.config.method
+    def build_heads(self) -> None:
+        cfg = self.settings
         self.projector = mlp(self.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim)
         self.criterion = NTXentLoss(cfg.temperature)
 

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from domainssl.losses import NegativeCosineLoss
-from domainssl.methods.base import SSLMethod
+from domainssl.methods.base import ProjectionConfig, SSLMethod
+from domainssl.methods.registry import register_method
 from domainssl.models.heads import mlp
 
 
-class SimSiam(SSLMethod):
+class SimSiamConfig(ProjectionConfig):
+    name: str = "simsiam"
+    pred_hidden_dim: int = 512
+    """Width of the bottleneck predictor."""
+
+
+@register_method(SimSiamConfig, "predictor + stop-gradient, no negatives, no EMA")
+class SimSiam(SSLMethod[SimSiamConfig]):
     """3-layer projector ending in BN, 2-layer bottleneck predictor.
 
     The loss is ``2 - 2 cos`` (the paper's ``-cos`` up to an affine map).
     """
 
-    def __init__(
-        self, config: dict[str, Any], band_names: list[str], mean: list[float], std: list[float]
-    ) -> None:
-        super().__init__(config, band_names, mean, std)
-        cfg = self.config.method
+    def build_heads(self) -> None:
+        cfg = self.settings
         self.projector = mlp(
             self.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim, layers=3, last_bn=True
         )

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torchvision.ops import box_iou
 
-from domainssl.config import ViewsConfig
 from domainssl.views.crops import random_crop_affine
+from domainssl.views.settings import CropViewsConfig
 
 
 def box_affine(boxes: torch.Tensor) -> torch.Tensor:
@@ -76,7 +76,7 @@ def jitter_boxes(
 
 
 def crop_affine(
-    boxes: torch.Tensor, scale: tuple[float, float], config: ViewsConfig
+    boxes: torch.Tensor, scale: tuple[float, float], config: CropViewsConfig
 ) -> torch.Tensor:
     """A random resized crop of area share ~ U(scale) inside each box, flips and rot90."""
     inner = random_crop_affine(
@@ -85,7 +85,9 @@ def crop_affine(
     return compose(box_affine(boxes), inner)
 
 
-def object_crop_pair(boxes: torch.Tensor, config: ViewsConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def object_crop_pair(
+    boxes: torch.Tensor, config: CropViewsConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Affines of two views per image around its proposal ``boxes`` (B, 4).
 
     ``object_aware``: one view is a crop of area share (s, 1) inside the (padded) box, the

@@ -27,6 +27,8 @@ from skimage.morphology import disk
 from skimage.segmentation import felzenszwalb
 from torchvision.ops import nms
 
+from domainssl.views.settings import CropViewsConfig
+
 COLOUR_BINS = 25  # selective search: 25 bins per band (Uijlings et al. 2013)
 TEXTURE_BINS = 10
 
@@ -45,8 +47,8 @@ class ProposalSettings:
     """Boxes covering more than this share of the image are the scene, not an object."""
 
     @classmethod
-    def from_views(cls, views: Any) -> ProposalSettings:
-        """Settings from a :class:`~domainssl.config.ViewsConfig`."""
+    def from_views(cls, views: CropViewsConfig) -> ProposalSettings:
+        """Settings from the ``views.proposal_*`` keys."""
         return cls(
             views.proposal_method,
             views.proposal_scale,

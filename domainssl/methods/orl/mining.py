@@ -23,9 +23,9 @@ from torch.utils.data import Dataset
 from torchvision.ops import roi_align
 
 from domainssl.data.folder import Sample
-from domainssl.data.orl_pairs import PAIR_FIELDS, empty_pairs, save_chunk
 from domainssl.data.proposal_cache import ProposalStore
 from domainssl.io import atomic_write, atomic_write_text
+from domainssl.methods.orl.pairs import PAIR_FIELDS, empty_pairs, save_chunk
 
 QUERY_CHUNK = 256  # query images per pair-mining chunk file
 

@@ -26,8 +26,9 @@ from tqdm import tqdm
 from domainssl.data.pathology import SlideGrid, SlidePatches, build_grid
 from domainssl.errors import DomainSSLError
 from domainssl.export import check_resolution
-from domainssl.infer.geotiff import InferSummary
-from domainssl.infer.heatmap import (
+from domainssl.infer.models import ModelSpec, Task, load_network, read_model_spec
+from domainssl.infer.runner import InferSummary, TileRunner
+from domainssl.infer.wsi.heatmap import (
     CELL,
     TilePredictions,
     cell_image,
@@ -38,8 +39,6 @@ from domainssl.infer.heatmap import (
     write_pyramid,
     write_thumbnail,
 )
-from domainssl.infer.models import ModelSpec, Task, load_network, read_model_spec
-from domainssl.infer.streaming import TileRunner
 
 SUFFIXES = ("_tiles.csv", "_tiles.geojson", "_thumbnail.png")
 """Names of the outputs beside the heatmap: ``<out stem><suffix>``."""

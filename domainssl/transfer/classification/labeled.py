@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from domainssl.data.folder import ChipFolder, Sample, resize, to_tensor
 from domainssl.data.imageio import read_image
 from domainssl.errors import DomainSSLError
-from domainssl.transfer.probe import ProbeSplit, stratified_split
+from domainssl.transfer.classification.probe import ProbeSplit, stratified_split
 
 PARTS = ("train", "val", "test")
 

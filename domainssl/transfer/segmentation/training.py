@@ -15,13 +15,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from domainssl.export import BackboneMeta, preprocess
 from domainssl.models.parallel import spread
-from domainssl.transfer.seg_data import Sample, SegmentationSet
-from domainssl.transfer.seg_metrics import (
+from domainssl.transfer.segmentation.data import Sample, SegmentationSet
+from domainssl.transfer.segmentation.metrics import (
     SegmentationMetrics,
     confusion_matrix,
     metrics_from_confusion,
 )
-from domainssl.transfer.seg_model import Segmenter
+from domainssl.transfer.segmentation.model import Segmenter
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

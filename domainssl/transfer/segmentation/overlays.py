@@ -12,8 +12,8 @@ from torch import nn
 
 from domainssl.export import BackboneMeta
 from domainssl.io import atomic_write
-from domainssl.transfer.seg_data import SegmentationSet
-from domainssl.transfer.segment import predict_logits
+from domainssl.transfer.segmentation.data import SegmentationSet
+from domainssl.transfer.segmentation.training import predict_logits
 from domainssl.views.render import display_bands
 
 BASE_COLORS = np.array(

@@ -1,44 +1,29 @@
 """`domainssl infer MODEL_DIR scene.tif --out prediction.tif`: streamed, georeferenced
 inference over a GeoTIFF of any size.
 
-The output rows are computed top to bottom (`infer/streaming.py`) and written in whole
+The output rows are computed top to bottom (`streaming.py`) and written in whole
 block rows to a resumable partial file, moved into place when complete. With ``devices``
 > 1 the rows are split into that many parts, each computed by its own process on its own
-device (`infer/parts.py`), then joined into the one output.
+device (`row_parts.py`), then joined into the one output.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import torch
 
-from domainssl.infer.models import Task
-from domainssl.infer.output import publish_output, write_embedding, write_rows
-from domainssl.infer.partial import PartialRaster
-from domainssl.infer.parts import discard_parts, joined, run_parts
-from domainssl.infer.reader import READ_CACHE_MB
-from domainssl.infer.streaming import Plan, RowRun, RunOptions, plan_run
+from domainssl.infer.geotiff.output import publish_output, write_embedding, write_rows
+from domainssl.infer.geotiff.reader import READ_CACHE_MB
+from domainssl.infer.geotiff.resumable import PartialRaster
+from domainssl.infer.geotiff.row_parts import discard_parts, joined, run_parts
+from domainssl.infer.geotiff.streaming import Plan, RowRun, RunOptions, plan_run
+from domainssl.infer.runner import InferSummary
 from domainssl.models.parallel import require_devices
-
-
-@dataclass
-class InferSummary:
-    """What a run did."""
-
-    task: Task
-    tiles: int
-    tiles_run: int
-    """Tiles the model saw: tiles without a single valid input pixel are skipped."""
-    seconds: float
-    megapixels_per_second: float
-    """Input pixels per second over the whole run (reading and writing included)."""
-    outputs: list[Path]
 
 
 def write_output(

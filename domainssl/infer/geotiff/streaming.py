@@ -16,17 +16,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from affine import Affine
-from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from domainssl.errors import DomainSSLError
-from domainssl.export import BackboneMeta, preprocess
-from domainssl.infer.allocator import keep_freed_memory
+from domainssl.infer.geotiff.output import base_profile
+from domainssl.infer.geotiff.reader import RasterInfo, TileReader
+from domainssl.infer.geotiff.stitch import BlendedRows, CellRows, Rows, to_floats, to_labels
 from domainssl.infer.models import ModelSpec, load_network, read_model_spec
-from domainssl.infer.output import base_profile
-from domainssl.infer.reader import RasterInfo, TileReader
-from domainssl.infer.stitch import BlendedRows, CellRows, Rows, to_floats, to_labels
+from domainssl.infer.runner import TileRunner
 from domainssl.infer.tiles import TileGrid, blend_grid, blend_weights, cell_grid
 
 OutputKind = Literal["labels", "probabilities", "embed"]
@@ -120,33 +118,6 @@ class RunOptions:
     amp: bool = False
     """Mixed precision (CUDA only; ignored on CPU)."""
     progress: bool = False
-
-
-class TileRunner:
-    """Runs the network on the tiles of a batch that hold a valid pixel."""
-
-    def __init__(
-        self, network: nn.Module, meta: BackboneMeta, device: torch.device, amp: bool, bar: tqdm
-    ) -> None:
-        self.network, self.meta, self.device = network.to(device), meta, device
-        if device.type == "cpu":
-            keep_freed_memory()  # activations reused, not page-faulted again every batch
-        self.amp, self.bar, self.tiles_run = amp and device.type == "cuda", bar, 0
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, valid: torch.Tensor) -> list[np.ndarray | None]:
-        """Outputs per tile of raw tiles (B, C, T, T) with validity (B, T, T); None: skipped."""
-        ran = valid.flatten(1).any(dim=1)  # (B,)
-        results: list[np.ndarray | None] = [None] * len(ran)
-        if bool(ran.any()):
-            inputs = preprocess(self.meta, images[ran].to(self.device, non_blocking=True))
-            with torch.autocast(self.device.type, enabled=self.amp):
-                outputs = self.network(inputs).float().cpu().numpy()  # (b, K[, T, T])
-            for slot, output in zip(ran.nonzero()[:, 0].tolist(), outputs, strict=True):
-                results[slot] = output
-        self.tiles_run += int(ran.sum())
-        self.bar.update(len(ran))
-        return results
 
 
 def resume_point(grid: TileGrid, blended: bool, rows_done: int) -> tuple[int, int]:

@@ -10,7 +10,7 @@ import numpy as np
 from domainssl.io import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
-    from domainssl.transfer.labeled import LabeledSet
+    from domainssl.transfer.classification.labeled import LabeledSet
 
 
 def save_confusion_png(matrix: list[list[int]], classes: list[str], out: Path) -> None:

@@ -17,9 +17,9 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from domainssl.infer.partial import PartialRaster, publish
+from domainssl.infer.geotiff.resumable import PartialRaster, publish
+from domainssl.infer.geotiff.stitch import BLOCK, RowBlockWriter
 from domainssl.infer.pca import PcaStretch, Reservoir, write_pca_picture
-from domainssl.infer.stitch import BLOCK, RowBlockWriter
 from domainssl.io import atomic_write
 
 

@@ -9,15 +9,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from domainssl.export import WEIGHTS, BackboneMeta, read_meta
-from domainssl.io import atomic_write, atomic_write_text
-from domainssl.transfer.classify import MODEL_METADATA, MODEL_WEIGHTS, read_transfer_output
-from domainssl.transfer.seg_data import SegmentationData, load_segmentation_data
-from domainssl.transfer.seg_model import Segmenter, build_segmenter
-from domainssl.transfer.seg_overlays import save_overlays
-from domainssl.transfer.segment import SegmentTrainConfig, evaluate_segmenter, fit_segmenter
+from domainssl.io import atomic_write_text
+from domainssl.transfer.outputs import read_transfer_output, save_transfer_model
+from domainssl.transfer.segmentation.data import SegmentationData, load_segmentation_data
+from domainssl.transfer.segmentation.model import Segmenter, build_segmenter
+from domainssl.transfer.segmentation.overlays import save_overlays
+from domainssl.transfer.segmentation.training import (
+    SegmentTrainConfig,
+    evaluate_segmenter,
+    fit_segmenter,
+)
 
 
 @dataclass
@@ -53,9 +57,6 @@ def transfer_segment(
         "test_images": len(data.test),
         "seconds": round(time.monotonic() - start, 1),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(out_dir / MODEL_WEIGHTS, lambda tmp: save_file(state, str(tmp)))
     info = {
         "task": "segment",
         "num_classes": data.encoding.num_classes,
@@ -65,7 +66,7 @@ def transfer_segment(
         "pretrain_run": str(run_dir),
         "backbone": asdict(meta),
     }
-    atomic_write_text(out_dir / MODEL_METADATA, json.dumps(info, indent=2))
+    save_transfer_model(model, info, out_dir)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     atomic_write_text(out_dir / "split.json", json.dumps(_split_files(data), indent=2))
     overlays = save_overlays(

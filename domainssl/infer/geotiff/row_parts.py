@@ -23,10 +23,10 @@ import torch.multiprocessing as mp
 from rasterio.windows import Window
 
 from domainssl.errors import DomainSSLError
-from domainssl.infer.output import write_rows
-from domainssl.infer.partial import PartialRaster
-from domainssl.infer.stitch import BLOCK
-from domainssl.infer.streaming import Plan, RowRun, RunOptions
+from domainssl.infer.geotiff.output import write_rows
+from domainssl.infer.geotiff.resumable import PartialRaster
+from domainssl.infer.geotiff.stitch import BLOCK
+from domainssl.infer.geotiff.streaming import Plan, RowRun, RunOptions
 
 STOP_GRACE_S = 10.0
 """Seconds parts get to close their files after an error or interrupt elsewhere."""

@@ -43,7 +43,7 @@ from domainssl.export import BackboneMeta, load_backbone, preprocess
 from domainssl.io import atomic_write_text
 from domainssl.methods.mmgl import IR_WEIGHTS
 from domainssl.models.backbones import create_backbone
-from domainssl.transfer.reid_metrics import SYSU_LOCATIONS, retrieval_metrics, same_location
+from domainssl.transfer.reid.metrics import SYSU_LOCATIONS, retrieval_metrics, same_location
 
 PROTOCOLS = {"sysu": ("all", "indoor"), "regdb": ("v2t", "t2v"), "generic": ("ir2rgb", "rgb2ir")}
 DATASET_NAMES = {"sysu": "SYSU-MM01", "regdb": "RegDB", "generic": "generic RGB-IR folder"}

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from domainssl.models.parallel import spread
-from domainssl.transfer.cls_metrics import score
-from domainssl.transfer.knn import KNNHead
-from domainssl.transfer.labeled import LabeledSet
+from domainssl.transfer.classification.knn import KNNHead
+from domainssl.transfer.classification.labeled import LabeledSet
+from domainssl.transfer.classification.metrics import score
 
 
 @dataclass

@@ -10,21 +10,18 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from domainssl.errors import DomainSSLError
 from domainssl.export import BackboneMeta, load_backbone, preprocess
-from domainssl.io import atomic_write, atomic_write_text
+from domainssl.io import atomic_write_text
 from domainssl.models.backbones import create_backbone
-from domainssl.transfer.cls_metrics import classification_metrics, score
-from domainssl.transfer.finetune import Classifier, FinetuneConfig, finetune, predict
-from domainssl.transfer.knn import KNNHead
-from domainssl.transfer.labeled import PARTS, LabeledSet, load_labeled
-from domainssl.transfer.probe import fit_linear_head
-from domainssl.transfer.reporting import save_confusion_png, write_classify_report
-
-MODEL_WEIGHTS, MODEL_METADATA = "model.safetensors", "model.json"
+from domainssl.transfer.classification.finetune import Classifier, FinetuneConfig, finetune, predict
+from domainssl.transfer.classification.knn import KNNHead
+from domainssl.transfer.classification.labeled import PARTS, LabeledSet, load_labeled
+from domainssl.transfer.classification.metrics import classification_metrics, score
+from domainssl.transfer.classification.probe import fit_linear_head
+from domainssl.transfer.classification.report import save_confusion_png, write_classify_report
+from domainssl.transfer.outputs import read_transfer_output, save_transfer_model
 
 
 @dataclass
@@ -104,9 +101,6 @@ def write_outputs(
     out_dir: Path,
 ) -> None:
     """Model (weights + metadata for infer), metrics.json, split.json, confusion PNG, report."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(out_dir / MODEL_WEIGHTS, lambda tmp: save_file(state, str(tmp)))
     head = model.head
     head_info = (
         {"kind": "knn", "bank_size": len(head.bank), "k": head.k, "temperature": head.temperature}
@@ -122,7 +116,7 @@ def write_outputs(
         "pretrain_run": str(run_dir),
         "backbone": asdict(meta),
     }
-    atomic_write_text(out_dir / MODEL_METADATA, json.dumps(info, indent=2))
+    save_transfer_model(model, info, out_dir)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     parts = dict(zip(PARTS, (data.split.train, data.split.val, data.split.test), strict=True))
     split = {name: [data.files[i] for i in index] for name, index in parts.items()}
@@ -131,21 +125,6 @@ def write_outputs(
     if "confusion_matrix" in metrics:
         save_confusion_png(metrics["confusion_matrix"], data.classes, out_dir / "confusion.png")
     write_classify_report(out_dir / "report.md", metrics, data, run_dir, data_path)
-
-
-def read_transfer_output(
-    model_dir: Path, command: str
-) -> tuple[dict[str, Any], BackboneMeta, dict[str, torch.Tensor]]:
-    """model.json, the backbone metadata and the weights of a transfer output folder
-    (``command`` names what writes such a folder, for the error message)."""
-    weights, metadata = model_dir / MODEL_WEIGHTS, model_dir / MODEL_METADATA
-    if not (weights.is_file() and metadata.is_file()):
-        raise DomainSSLError(
-            f"{model_dir} holds no transferred model ({MODEL_WEIGHTS} + {MODEL_METADATA}): "
-            f"give the output folder of `{command}`."
-        )
-    info = json.loads(metadata.read_text())
-    return info, BackboneMeta(**info["backbone"]), load_file(str(weights))
 
 
 def load_classifier(model_dir: Path) -> tuple[Classifier, BackboneMeta, dict[str, Any]]:

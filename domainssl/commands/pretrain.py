@@ -1,0 +1,140 @@
+"""`domainssl pretrain`: options -> run config -> pretraining -> a summary of the run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from domainssl.commands.common import (
+    ConfigFile,
+    Data,
+    Domain,
+    Method,
+    Sets,
+    parse_devices,
+    user_errors,
+)
+from domainssl.config import (
+    RunConfig,
+    build_config,
+    load_config,
+    parse_set,
+    read_yaml,
+    set_dotted,
+    without_foreign_keys,
+)
+from domainssl.errors import DomainSSLError
+from domainssl.paths import SKIPPED_INPUTS
+
+RUN_FILES = {
+    "config.yaml": "resolved run config",
+    "environment.json": "package versions and git commit",
+    "band_stats.json": "per-band mean/std used for normalization",
+    "metrics.csv": "loss, learning rate and embedding std per step/epoch",
+    "checkpoints/last.ckpt": "full training state (for --resume)",
+    "backbone.safetensors": "pretrained backbone weights",
+    "backbone.json": "backbone metadata: timm name, bands, mean/std, method",
+    SKIPPED_INPUTS: "UNREADABLE INPUTS LEFT OUT of this run (one per line)",
+}
+
+
+@user_errors
+def pretrain(
+    domain: Domain = "eo",
+    method: Method = None,
+    config: ConfigFile = None,
+    data: Data = None,
+    mpp: Annotated[
+        float | None, typer.Option(help="Pathology: patch resolution in µm/px (0.5 ~ 20x).")
+    ] = None,
+    magnification: Annotated[
+        float | None,
+        typer.Option(help="Pathology: objective magnification instead of --mpp (20 = 0.5 µm/px)."),
+    ] = None,
+    backbone: Annotated[str | None, typer.Option(help="timm model name.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size per device.")] = None,
+    max_time: Annotated[
+        str | None, typer.Option(help="Wall-clock budget HH:MM:SS; the LR schedule spans it.")
+    ] = None,
+    devices: Annotated[str | None, typer.Option(help="Devices: 1, 4, auto or 0,1.")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Nodes (torchrun / SLURM).")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="cpu, gpu or auto.")] = None,
+    precision: Annotated[str | None, typer.Option(help="32-true, bf16-mixed, 16-mixed.")] = None,
+    out: Annotated[str | None, typer.Option(help="Parent folder of run folders.")] = None,
+    name: Annotated[str | None, typer.Option(help="Run folder name.")] = None,
+    set_: Sets = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Run folder to continue from its last checkpoint.")
+    ] = None,
+    init: Annotated[
+        Path | None, typer.Option(help="ORL: a finished pretrain run used as stage 1.")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Stop at the first unreadable chip instead of skipping it.")
+    ] = False,
+) -> None:
+    """Pretrain an encoder with self-supervised learning and export its backbone."""
+    from domainssl.pretrain import pretrain as run_pretraining  # registers the methods
+
+    if magnification is not None:
+        mpp = mpp_of_magnification(magnification, mpp)
+    overrides = {
+        "data.path": data,
+        "data.mpp": mpp,
+        "model.backbone": backbone,
+        "trainer.epochs": epochs,
+        "data.batch_size": batch_size,
+        "trainer.max_time": max_time,
+        "trainer.devices": parse_devices(devices),
+        "trainer.num_nodes": num_nodes,
+        "trainer.accelerator": accelerator,
+        "trainer.precision": precision,
+        "out": out,
+        "name": name,
+        "method.orl_init": None if init is None else str(init),
+        "data.strict": True if strict else None,
+    }
+    if resume is not None:
+        run_config = resumed_config(resume, overrides, set_ or [])
+    else:
+        run_config = load_config(domain, method, config, overrides, set_)
+    run_dir = run_pretraining(run_config, resume=resume)
+    describe_run(run_dir)
+
+
+def mpp_of_magnification(magnification: float, mpp: float | None) -> float:
+    """µm/px of an objective magnification, by the usual convention 10 / magnification
+    (40x ~ 0.25 µm/px, 20x ~ 0.5 µm/px); scanners differ slightly, so --mpp is exact."""
+    if mpp is not None:
+        raise DomainSSLError("Give either --mpp or --magnification, not both.")
+    if magnification <= 0:
+        raise DomainSSLError(f"--magnification must be positive (e.g. 20), got {magnification}.")
+    return 10.0 / magnification
+
+
+def resumed_config(run_dir: Path, overrides: dict[str, Any], sets: list[str]) -> RunConfig:
+    """A run's saved config with the CLI's overrides on top (e.g. more epochs)."""
+    tree = without_foreign_keys(read_yaml(run_dir / "config.yaml"))
+    for key, value in overrides.items():
+        if value is not None:
+            set_dotted(tree, key, value)
+    for item in sets:
+        set_dotted(tree, *parse_set(item))
+    return build_config(tree, str(run_dir / "config.yaml"))
+
+
+def describe_run(run_dir: Path) -> None:
+    """Print where the run folder is and what it holds."""
+    typer.secho(f"\nRun folder: {run_dir.resolve()}", fg=typer.colors.GREEN, bold=True)
+    for relative, meaning in RUN_FILES.items():
+        path = run_dir / relative
+        if path.exists():
+            typer.echo(f"  {relative:<24} {path.stat().st_size / 1e6:8.2f} MB  {meaning}")
+    skipped = run_dir / SKIPPED_INPUTS
+    if skipped.is_file():
+        lines = skipped.read_text().splitlines()
+        typer.secho(f"{len(lines)} unreadable inputs were skipped:", fg=typer.colors.YELLOW)
+        typer.echo("  " + "\n  ".join(lines))

@@ -1,0 +1,1 @@
+"""Inference over large GeoTIFF scenes: streamed, resumable, georeferenced output."""

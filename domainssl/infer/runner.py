@@ -1,0 +1,57 @@
+"""What GeoTIFF and slide inference share: the network run on batches of tiles, and the
+summary of a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from domainssl.export import BackboneMeta, preprocess
+from domainssl.infer.allocator import keep_freed_memory
+from domainssl.infer.models import Task
+
+
+@dataclass
+class InferSummary:
+    """What a run did."""
+
+    task: Task
+    tiles: int
+    tiles_run: int
+    """Tiles the model saw: tiles without a single valid input pixel are skipped."""
+    seconds: float
+    megapixels_per_second: float
+    """Input pixels per second over the whole run (reading and writing included)."""
+    outputs: list[Path]
+
+
+class TileRunner:
+    """Runs the network on the tiles of a batch that hold a valid pixel."""
+
+    def __init__(
+        self, network: nn.Module, meta: BackboneMeta, device: torch.device, amp: bool, bar: tqdm
+    ) -> None:
+        self.network, self.meta, self.device = network.to(device), meta, device
+        if device.type == "cpu":
+            keep_freed_memory()  # activations reused, not page-faulted again every batch
+        self.amp, self.bar, self.tiles_run = amp and device.type == "cuda", bar, 0
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, valid: torch.Tensor) -> list[np.ndarray | None]:
+        """Outputs per tile of raw tiles (B, C, T, T) with validity (B, T, T); None: skipped."""
+        ran = valid.flatten(1).any(dim=1)  # (B,)
+        results: list[np.ndarray | None] = [None] * len(ran)
+        if bool(ran.any()):
+            inputs = preprocess(self.meta, images[ran].to(self.device, non_blocking=True))
+            with torch.autocast(self.device.type, enabled=self.amp):
+                outputs = self.network(inputs).float().cpu().numpy()  # (b, K[, T, T])
+            for slot, output in zip(ran.nonzero()[:, 0].tolist(), outputs, strict=True):
+                results[slot] = output
+        self.tiles_run += int(ran.sum())
+        self.bar.update(len(ran))
+        return results

@@ -1,0 +1,1 @@
+"""Inference over whole-slide images: tissue tiles only, pyramidal heatmap and tables."""

@@ -1,0 +1,1 @@
+"""Classification transfer: linear probe, k-NN and fine-tuning on labeled images."""

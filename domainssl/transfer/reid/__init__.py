@@ -1,0 +1,1 @@
+"""RGB-infrared re-identification transfer: cross-modality retrieval protocols."""

@@ -1,0 +1,1 @@
+"""Segmentation transfer: a UNet-style decoder on the pretrained encoder, tiled evaluation."""
