@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import FAST
+from conftest import FAST, fast
 from typer.testing import CliRunner
 
 from domainssl.cli import app
@@ -100,6 +100,11 @@ def test_views_command_writes_png(tif_chips: Path, tmp_path: Path) -> None:
         (["--max-time", "twenty"], "HH:MM:SS"),
         (["--set", "data.in_chans=3"], "has 4 bands but the config expects"),
         (["--backbone", "resnet19"], "Unknown backbone"),
+        (
+            ["--method", "byol", "--set", "method.queue_size=8"],
+            "method 'byol' has no key 'queue_size'. Valid keys of byol: name, proj_hidden_dim",
+        ),
+        (["--set", "views.hed_bias=0.1"], "view preset 'eo' has no key 'hed_bias'"),
     ],
 )
 def test_bad_input_gives_one_clear_error_and_exit_2(
@@ -110,6 +115,22 @@ def test_bad_input_gives_one_clear_error_and_exit_2(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_key_of_the_chosen_method_is_applied(tif_chips: Path, tmp_path: Path) -> None:
+    args = ["pretrain", "--method", "moco", "--data", str(tif_chips), "--out", str(tmp_path)]
+    sets = [*fast("moco"), "method.queue_size=512", "trainer.limit_train_batches=1"]
+    result = runner.invoke(app, [*args, "--name", "m", *[f"--set={s}" for s in sets]])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())
+    assert saved["method"]["queue_size"] == 512 and "pred_hidden_dim" not in saved["method"]
+
+
+def test_help_lists_the_registered_methods() -> None:
+    result = runner.invoke(app, ["pretrain", "--help"])
+    assert result.exit_code == 0
+    for name in ("simclr", "moco", "byol", "simsiam", "orl", "mmgl"):
+        assert f"{name}:" in result.output
 
 
 def test_corrupt_tiff_and_empty_folder_exit_2(tmp_path: Path) -> None:
