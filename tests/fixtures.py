@@ -6,8 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from rasterio.transform import from_origin
+
+from domainssl.views.stain import od_to_rgb
 
 
 def write_geotiff(path: Path, array: np.ndarray, nodata: float | None = None) -> Path:
@@ -193,3 +197,16 @@ def write_infer_models(root: Path, classes: int = 3) -> dict[str, Path]:
         "constant": save(root / "constant", constant, segment),
         "classify": save(root / "classify", classifier, classify),
     }
+
+
+H_STAIN = F.normalize(torch.tensor([0.65, 0.70, 0.29]), dim=0)
+E_STAIN = F.normalize(torch.tensor([0.07, 0.99, 0.11]), dim=0)
+
+
+def constructed_image(seed: int = 0, size: int = 48) -> torch.Tensor:
+    """RGB from known stains: haematoxylin and eosin concentrations over white background."""
+    generator = torch.Generator().manual_seed(seed)
+    concentrations = torch.rand(2, size * size, generator=generator) * torch.tensor([[1.2], [0.8]])
+    concentrations[:, : size * 4] = 0.0  # some background
+    od = torch.stack([H_STAIN, E_STAIN]).T @ concentrations  # (3, N)
+    return od_to_rgb(od.reshape(3, size, size))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_stain import constructed_image
+from fixtures import constructed_image
 from typer.testing import CliRunner
 
 from domainssl.cli import app

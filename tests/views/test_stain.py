@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures import E_STAIN, H_STAIN, constructed_image
 
 from domainssl.views.stain import (
     MacenkoNormalizer,
@@ -14,18 +15,6 @@ from domainssl.views.stain import (
     od_to_rgb,
     stain_normalizer_from_state,
 )
-
-H_STAIN = F.normalize(torch.tensor([0.65, 0.70, 0.29]), dim=0)
-E_STAIN = F.normalize(torch.tensor([0.07, 0.99, 0.11]), dim=0)
-
-
-def constructed_image(seed: int = 0, size: int = 48) -> torch.Tensor:
-    """RGB from known stains: haematoxylin and eosin concentrations over white background."""
-    generator = torch.Generator().manual_seed(seed)
-    concentrations = torch.rand(2, size * size, generator=generator) * torch.tensor([[1.2], [0.8]])
-    concentrations[:, : size * 4] = 0.0  # some background
-    od = torch.stack([H_STAIN, E_STAIN]).T @ concentrations  # (3, N)
-    return od_to_rgb(od.reshape(3, size, size))
 
 
 def test_hed_jitter_zero_strength_is_identity() -> None:

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fixtures import write_chip_folder
+from fixtures import constructed_image, write_chip_folder
 from PIL import Image
-from test_stain import constructed_image
 from torch.utils.data import TensorDataset
 
 from domainssl.config import DataConfig
