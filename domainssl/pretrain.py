@@ -129,10 +129,16 @@ def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool =
     spec = method_spec(config.method.name)
     run_dir = resume if resume is not None else new_run_dir(config)
     fit = partial(fit_and_export, progress_bar=progress_bar)
-    if spec.stages is None:
-        fit(config, run_dir, resume is not None)
-    else:
-        spec.stages(config, run_dir, resume is not None, fit)
+    inherited = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers started by a fit inherit it
+    try:
+        if spec.stages is None:
+            fit(config, run_dir, resume is not None)
+        else:
+            spec.stages(config, run_dir, resume is not None, fit)
+    finally:
+        if inherited is None:
+            os.environ.pop(RUN_DIR_ENV, None)
     return run_dir
 
 
@@ -161,13 +167,7 @@ def fit_and_export(
     data = datamodule.data
     method = spec.module(config, data.band_names, data.stats.mean, data.stats.std)
     trainer = build_trainer(config, run_dir, progress_bar)
-    inherited = os.environ.get(RUN_DIR_ENV)
-    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers started by fit() inherit it
-    try:
-        trainer.fit(method, datamodule=datamodule, ckpt_path=checkpoint if resume else None)
-    finally:
-        if inherited is None:
-            os.environ.pop(RUN_DIR_ENV, None)
+    trainer.fit(method, datamodule=datamodule, ckpt_path=checkpoint if resume else None)
     trainer.save_checkpoint(checkpoint, weights_only=False)
     if trainer.is_global_zero:
         merge_metrics(run_dir)
