@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import TQDMProgressBar
+import torch
+from lightning.pytorch.callbacks import Timer, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import DDPStrategy, Strategy
+from lightning.pytorch.trainer.states import RunningStage
 
 from domainssl.checkpointing import LAST_CHECKPOINT, AtomicCheckpointIO, PeriodicCheckpoint
-from domainssl.config import RunConfig, to_yaml
+from domainssl.config import RunConfig, TrainerConfig, to_yaml
 from domainssl.data.datamodule import PretrainData
 from domainssl.errors import DomainSSLError
 from domainssl.export import BackboneMeta, export_backbone
@@ -63,27 +66,82 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
+def launch_rank() -> int:
+    """This process's global rank as its launcher set it (torchrun, SLURM, or Lightning's
+    own launch of the other devices), before any process group exists; 0 alone."""
+    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if variable in os.environ and launch_size() > 1:
+            return int(os.environ[variable])
+    return 0
+
+
+def launch_size() -> int:
+    """Processes the launcher started: torchrun's ``WORLD_SIZE``, SLURM's tasks of the
+    job step (``SLURM_NTASKS``), else 1."""
+    return max(int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("SLURM_NTASKS", "1")))
+
+
 def new_run_dir(config: RunConfig) -> Path:
     """``<out>/<name>``; the name defaults to ``<domain>-<method>-<timestamp>``.
 
     Lightning's DDP workers re-run the command; they find the folder in the environment.
+    Processes started by another launcher (torchrun, a SLURM job step with several tasks)
+    cannot agree on a timestamp, so they need ``--name``.
     """
     if os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV])
-    if config.name is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if config.name is None and launch_size() > 1:
         raise DomainSSLError(
-            "Multi-process launches (torchrun, SLURM) need a run name shared by all ranks: "
-            "pass --name."
+            f"This is one of {launch_size()} processes (torchrun or a SLURM job step with "
+            "several tasks), which need a run name shared by all of them: pass --name."
         )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = config.name or f"{config.domain}-{config.method.name}-{stamp}"
     return Path(config.out) / name
 
 
+class BudgetTimer(Timer):
+    """Lightning's ``max_time`` Timer, also counting the time the data module spent
+    preparing in this session (band statistics, proposals, ORL's stage-2 mining)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        spent = getattr(trainer.datamodule, "preparation_seconds", 0.0)  # type: ignore[attr-defined]
+        self._start_time[RunningStage.TRAINING] = time.monotonic() - spent
+
+
+def training_strategy(cfg: TrainerConfig) -> str | Strategy:
+    """DDP without broadcasting buffers every step when several processes train (the MoCo
+    queue and EMA targets are identical by construction; BatchNorm statistics stay per
+    process unless ``trainer.sync_batchnorm``), else the configured strategy."""
+    devices = cfg.devices
+    count = len(devices.split(",")) if isinstance(devices, str) and "," in devices else devices
+    several = cfg.num_nodes > 1 or (isinstance(count, int) and count > 1)
+    if cfg.strategy == "ddp" or (cfg.strategy == "auto" and several):
+        return DDPStrategy(forward_sync_buffers=False)  # buffers still synced once, at start
+    return cfg.strategy
+
+
+def check_device_and_precision(cfg: TrainerConfig) -> None:
+    """A GPU asked for where there is none, or float16 on the CPU, is a clear error."""
+    cuda = torch.cuda.is_available()
+    if cfg.accelerator in ("gpu", "cuda") and not cuda:
+        raise DomainSSLError(
+            f"--accelerator {cfg.accelerator} but no CUDA GPU is visible: use cpu or auto."
+        )
+    on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not cuda)
+    if on_cpu and cfg.precision in ("16-mixed", "16", "16-true"):
+        raise DomainSSLError(
+            f"--precision {cfg.precision} needs a CUDA GPU (float16 autocast and gradient "
+            "scaling); on the CPU use bf16-mixed or 32-true."
+        )
+
+
 def build_trainer(config: RunConfig, run_dir: Path, progress_bar: bool = True) -> L.Trainer:
-    """A Lightning Trainer writing checkpoints and metrics.csv into ``run_dir``."""
+    """A Lightning Trainer writing checkpoints and metrics.csv into ``run_dir``; samplers
+    are ours (rank-aware), not Lightning's distributed replacement."""
     cfg = config.trainer
-    max_time = None if cfg.max_time_s is None else timedelta(seconds=cfg.max_time_s)
+    check_device_and_precision(cfg)
     callbacks: list[Any] = [
         PeriodicCheckpoint(
             run_dir,
@@ -92,18 +150,20 @@ def build_trainer(config: RunConfig, run_dir: Path, progress_bar: bool = True) -
             cfg.checkpoint_every_n_steps,
         )
     ]
+    if cfg.max_time_s is not None:
+        callbacks.append(BudgetTimer(timedelta(seconds=cfg.max_time_s)))
     if progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
+        strategy=training_strategy(cfg),
         precision=cfg.precision,  # type: ignore[arg-type]
         sync_batchnorm=cfg.sync_batchnorm,
         max_epochs=cfg.epochs,
         limit_train_batches=cfg.limit_train_batches,
-        max_time=max_time,
+        use_distributed_sampler=False,
         logger=CSVLogger(run_dir, name=SESSION_LOGS, version=""),
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
@@ -145,32 +205,36 @@ def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool =
 def fit_and_export(
     config: RunConfig, run_dir: Path, resume: bool, progress_bar: bool = True
 ) -> None:
-    """config -> data module + method -> Trainer -> fit -> export, into ``run_dir``."""
+    """config -> data module + method -> Trainer -> fit -> export, into ``run_dir``.
+
+    Inside ``fit``, the data module prepares its caches once (global rank 0) while the
+    other processes wait, every process sets the data up, and the method builds its
+    networks from the data's bands and statistics. Only rank 0 writes the run folder.
+    """
     spec = method_spec(config.method.name)
     checkpoint = run_dir / LAST_CHECKPOINT
     if resume and not checkpoint.is_file():
         raise DomainSSLError(f"{run_dir} has no {LAST_CHECKPOINT} to resume from.")
     is_new = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    merge_metrics(run_dir)  # rows of an earlier session that was killed
-    atomic_write_text(run_dir / "config.yaml", to_yaml(config))
-    write_run_info(run_dir)
+    if launch_rank() == 0:
+        merge_metrics(run_dir)  # rows of an earlier session that was killed
+        atomic_write_text(run_dir / "config.yaml", to_yaml(config))
+        write_run_info(run_dir)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     datamodule = spec.data(config, run_dir)
+    method = spec.module(config)
+    trainer = build_trainer(config, run_dir, progress_bar)
     try:
-        datamodule.prepare_data()
-        datamodule.setup("fit")
+        trainer.fit(method, datamodule=datamodule, ckpt_path=checkpoint if resume else None)
     except DomainSSLError:
-        if is_new:  # bad data: leave no empty run folder behind
+        if is_new and trainer.is_global_zero:  # bad data: leave no empty run folder behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    data = datamodule.data
-    method = spec.module(config, data.band_names, data.stats.mean, data.stats.std)
-    trainer = build_trainer(config, run_dir, progress_bar)
-    trainer.fit(method, datamodule=datamodule, ckpt_path=checkpoint if resume else None)
     trainer.save_checkpoint(checkpoint, weights_only=False)
     if trainer.is_global_zero:
         merge_metrics(run_dir)
+        data = datamodule.data
         export_backbone(method.backbone, backbone_meta(config, data, method.feature_dim), run_dir)
         if data.skipped:
             atomic_write_text(run_dir / SKIPPED_INPUTS, "\n".join(data.skipped) + "\n")

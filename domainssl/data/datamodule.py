@@ -3,6 +3,7 @@ LightningDataModule that prepares once into the run folder and reads on every pr
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,13 @@ from domainssl.data.reid import (
     PersonImages,
     training_images,
 )
-from domainssl.data.samplers import epoch_seeded
+from domainssl.data.samplers import (
+    DrawSampler,
+    EpochSampler,
+    Shard,
+    ShuffleSampler,
+    first_epoch,
+)
 from domainssl.data.stain_setup import StainSetup
 from domainssl.data.stats import BandStats, compute_band_stats
 from domainssl.errors import DomainSSLError, SkippedInputsWarning
@@ -92,10 +99,11 @@ def detect_kind(path: Path, kind: str, domain: str) -> str:
 
 
 def build_dataset(
-    config: DataConfig, path: Path, domain: str, run_dir: Path
+    config: DataConfig, path: Path, domain: str, run_dir: Path, seed: int = 0
 ) -> tuple[Dataset, list[str]]:
-    """Dataset and band names for chips, scenes or slides (grids cached in ``run_dir``);
-    re-ID: the training part of a SYSU-MM01, RegDB or generic RGB-IR layout."""
+    """Dataset and band names for chips, scenes or slides (grids cached in ``run_dir``;
+    random windows and patches drawn from ``seed``); re-ID: the training part of a
+    SYSU-MM01, RegDB or generic RGB-IR layout."""
     if domain == "reid":
         return PersonImages(training_images(path), config.person_size), list(RGB_NAMES)
     kind = detect_kind(path, config.kind, domain)
@@ -106,6 +114,7 @@ def build_dataset(
             length=config.samples_per_epoch,
             max_nodata_fraction=config.max_nodata_fraction,
             in_chans=config.in_chans,
+            seed=seed,
         )
         return scenes, config.bands or scenes.band_names
     if kind == "slides":
@@ -117,7 +126,8 @@ def build_dataset(
             config.tissue_threshold,
             config.slide_mpp,
         )
-        return SlidePatches(grids, config.samples_per_epoch), config.bands or list(RGB_NAMES)
+        patches = SlidePatches(grids, config.samples_per_epoch, seed=seed)
+        return patches, config.bands or list(RGB_NAMES)
     chips = ChipFolder(path, config.sample_size, config.in_chans, config.strict)
     names = config.bands or chips.band_names
     bytes_per_chip = chips.in_chans * config.sample_size**2 * 4
@@ -144,7 +154,7 @@ def prepare_pretrain_data(
     path = resolve_data_path(config, domain)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SkippedInputsWarning)
-        dataset, band_names = build_dataset(config, path, domain, run_dir)
+        dataset, band_names = build_dataset(config, path, domain, run_dir, seed)
     for warning in caught:  # shown now, and the skipped files kept for the end of the run
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     skipped = [
@@ -183,32 +193,64 @@ def _channels(dataset: Dataset) -> int:
     return int(first.shape[0])
 
 
-def train_loader(data: PretrainData, config: DataConfig) -> DataLoader:
-    """Shuffled, drop-last batches; in-memory chips need no worker processes.
+def train_loader(
+    data: PretrainData,
+    config: DataConfig,
+    seed: int = 0,
+    epoch_of: Callable[[], int] = first_epoch,
+    shard: Shard = Shard(),
+) -> DataLoader:
+    """This process's batches: what it reads and its random state are a function of
+    ``(seed, epoch, rank)`` (:mod:`domainssl.data.samplers`); in-memory chips need no worker
+    processes. Re-ID images come as unpaired (RGB, infrared) pairs in random order.
 
-    Re-ID images come as unpaired (RGB, infrared) pairs in random order.
+    The last incomplete batch is dropped when the process has more than one batch, so a
+    process with fewer samples than ``batch_size`` still trains on what it has.
     """
+    dataset: Dataset = data.dataset
+    sampler: EpochSampler
+    workers = config.num_workers
     if isinstance(data.dataset, PersonImages):
         modalities = [item.modality for item in data.dataset.images]
-        pairs = ModalityPairSampler(modalities, seed=torch.initial_seed() % 2**31)
-        return DataLoader(
-            ModalityPairs(data.dataset),
-            batch_size=config.batch_size,
-            sampler=pairs,
-            drop_last=len(pairs) > config.batch_size,
-            num_workers=config.num_workers,
-            persistent_workers=config.num_workers > 0,
-        )
-    in_memory = getattr(data.dataset, "in_memory", isinstance(data.dataset, InMemoryChips))
-    workers = 0 if in_memory else config.num_workers
+        sampler = ModalityPairSampler(modalities, seed, epoch_of, shard)
+        dataset = ModalityPairs(data.dataset)
+    elif draws_at_random(data.dataset):
+        sampler = DrawSampler(len(data.dataset), seed, epoch_of, shard)  # type: ignore[arg-type]
+    else:
+        sampler = ShuffleSampler(len(data.dataset), seed, epoch_of, shard)  # type: ignore[arg-type]
+        in_memory = getattr(data.dataset, "in_memory", isinstance(data.dataset, InMemoryChips))
+        workers = 0 if in_memory else workers
     return DataLoader(
-        data.dataset,
+        dataset,
         batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=len(data.dataset) > config.batch_size,  # type: ignore[arg-type]
+        sampler=sampler,
+        drop_last=len(sampler) > config.batch_size,
         num_workers=workers,
         persistent_workers=workers > 0,
     )
+
+
+def draws_at_random(dataset: Dataset) -> bool:
+    """Whether ``dataset`` (under any wrapper) is random draws: scene windows, slide patches."""
+    while not isinstance(dataset, SceneWindows | SlidePatches) and hasattr(dataset, "source"):
+        dataset = dataset.source
+    return isinstance(dataset, SceneWindows) or (
+        isinstance(dataset, SlidePatches) and dataset.random
+    )
+
+
+def check_steps(loader: DataLoader, limit: int | float, shard: Shard) -> None:
+    """Stop before training when a process would train zero steps, saying why."""
+    batches = len(loader)
+    steps = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    samples = len(loader.sampler)  # type: ignore[arg-type]
+    if steps < 1 or samples < 2:
+        raise DomainSSLError(
+            f"Each of the {shard.world} processes gets {samples} samples per epoch "
+            f"(batch size {loader.batch_size}, trainer.limit_train_batches={limit}): that "
+            "is no training step. Use more data (data.samples_per_epoch for scenes and "
+            "slides), fewer processes (--devices), or a larger limit_train_batches."
+        )
 
 
 class PretrainDataModule(L.LightningDataModule):
@@ -228,12 +270,18 @@ class PretrainDataModule(L.LightningDataModule):
     def __init__(self, config: RunConfig, run_dir: Path) -> None:
         super().__init__()
         self.config, self.run_dir = config, run_dir
+        self.prepare_data_per_node = False  # one preparation for all nodes (a shared run folder)
         self._data: PretrainData | None = None
+        self.preparation_seconds = 0.0
+        """Time :meth:`prepare_data` took in this process (counted in ``--max-time``)."""
 
     def prepare_data(self) -> None:
-        """Compute and cache everything expensive (kept for :meth:`setup` in this process)."""
+        """Compute and cache everything expensive; under a Trainer this runs on global rank 0
+        only, the others wait (kept for :meth:`setup` in this process)."""
+        start = time.monotonic()
         if self._data is None:
             self._data = self.build()
+        self.preparation_seconds = time.monotonic() - start
 
     def setup(self, stage: str) -> None:
         """Build the dataset from the run folder's caches (a no-op when already built)."""
@@ -260,9 +308,14 @@ class PretrainDataModule(L.LightningDataModule):
         return data
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled batches whose order and views are a function of (seed, epoch)."""
-        loader = train_loader(self.data, self.config.data)
-        return epoch_seeded(loader, self._current_epoch, self.config.trainer.seed)
+        """This process's batches, a function of (seed, epoch, global rank); a process that
+        would train zero steps stops the run before training."""
+        assert self.trainer is not None, "the training loader is read by a Trainer"
+        shard = Shard(self.trainer.global_rank, self.trainer.world_size)
+        seed = self.config.trainer.seed
+        loader = train_loader(self.data, self.config.data, seed, self._current_epoch, shard)
+        check_steps(loader, self.config.trainer.limit_train_batches, shard)
+        return loader
 
     def _current_epoch(self) -> int:
         assert self.trainer is not None, "the training loader is read by a Trainer"

@@ -15,9 +15,10 @@ from torch.utils.data import Dataset
 
 from domainssl.data.folder import Sample, to_tensor
 from domainssl.data.imageio import IMAGE_SUFFIXES, band_names_of, check_dtype
+from domainssl.data.samplers import draw_generator
 from domainssl.errors import DomainSSLError
 
-MAX_DRAWS = 50
+MAX_DRAWS = 200  # a scene 90% nodata still yields a window with odds 1 - 0.9**200
 
 
 def list_scenes(path: Path) -> list[Path]:
@@ -56,8 +57,10 @@ def open_raster(path: Path) -> rasterio.DatasetReader:
 class SceneWindows(Dataset[Sample]):
     """Random ``size`` x ``size`` windows from one or more scenes, weighted by scene area.
 
-    Each worker process keeps its own open handles. Windows whose nodata (or NaN) share
-    exceeds ``max_nodata_fraction`` are rejected and redrawn.
+    Item ``key`` is the window of draw ``key``, a pure function of ``(seed, key)``
+    (:class:`~domainssl.data.samplers.DrawSampler` hands each process and epoch its own
+    keys). Each worker process keeps its own open handles. Windows whose nodata (or NaN)
+    share exceeds ``max_nodata_fraction`` are rejected and redrawn.
 
     Args:
         scenes: GeoTIFF paths, all with the same band count.
@@ -65,6 +68,7 @@ class SceneWindows(Dataset[Sample]):
         length: windows per epoch.
         max_nodata_fraction: rejection threshold.
         in_chans: expected band count (None: that of the first scene).
+        seed: the run seed the draws derive from.
     """
 
     def __init__(
@@ -74,8 +78,9 @@ class SceneWindows(Dataset[Sample]):
         length: int,
         max_nodata_fraction: float = 0.5,
         in_chans: int | None = None,
+        seed: int = 0,
     ) -> None:
-        self.scenes, self.size, self.length = scenes, size, length
+        self.scenes, self.size, self.length, self.seed = scenes, size, length, seed
         self.max_nodata_fraction = max_nodata_fraction
         shapes, nodata = [], []
         for path in scenes:
@@ -118,11 +123,13 @@ class SceneWindows(Dataset[Sample]):
             self._handles[index] = open_raster(self.scenes[index])
         return self._handles[index]
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, key: int) -> Sample:
+        generator = draw_generator(self.seed, key)
         for _ in range(MAX_DRAWS):
-            scene = int(torch.multinomial(self.weights, 1))
+            scene = int(torch.multinomial(self.weights, 1, generator=generator))
             rows, cols = self.extents[scene]
-            top, left = int(torch.randint(rows, ())), int(torch.randint(cols, ()))
+            top = int(torch.randint(rows, (), generator=generator))
+            left = int(torch.randint(cols, (), generator=generator))
             window = Window(left, top, self.size, self.size)
             try:
                 array = self._handle(scene).read(window=window)

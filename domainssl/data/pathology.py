@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from domainssl.data.folder import Sample
+from domainssl.data.samplers import draw_generator
 from domainssl.data.tissue import cell_fractions, tissue_mask
 from domainssl.errors import DomainSSLError, SkippedInputsWarning
 from domainssl.io import atomic_write_text
@@ -158,15 +159,19 @@ class SlidePatches(Dataset[Sample]):
     Args:
         grids: one patch grid per slide.
         length: samples per epoch in random mode (ignored in grid mode).
-        random: draw slides in proportion to their tissue patches and a random patch;
-            otherwise every grid patch once, in order (for embedding and inference).
+        random: item ``key`` is draw ``key``, a pure function of ``(seed, key)``: a slide in
+            proportion to its tissue patches and a random patch of it; otherwise every grid
+            patch once, in order (for embedding and inference).
+        seed: the run seed the random draws derive from.
     """
 
-    def __init__(self, grids: list[SlideGrid], length: int, random: bool = True) -> None:
+    def __init__(
+        self, grids: list[SlideGrid], length: int, random: bool = True, seed: int = 0
+    ) -> None:
         self.grids = [g for g in grids if g.coords]
         if not self.grids:
             raise DomainSSLError("No slide has tissue patches: nothing to train on.")
-        self.random, self.length = random, length
+        self.random, self.length, self.seed = random, length, seed
         counts = torch.tensor([float(len(g.coords)) for g in self.grids])
         self.weights = counts / counts.sum()
         self.index = [(s, i) for s, g in enumerate(self.grids) for i in range(len(g.coords))]
@@ -185,8 +190,9 @@ class SlidePatches(Dataset[Sample]):
 
     def __getitem__(self, index: int) -> Sample:
         if self.random:
-            slide = int(torch.multinomial(self.weights, 1))
-            patch = int(torch.randint(len(self.grids[slide].coords), ()))
+            generator = draw_generator(self.seed, index)
+            slide = int(torch.multinomial(self.weights, 1, generator=generator))
+            patch = int(torch.randint(len(self.grids[slide].coords), (), generator=generator))
         else:
             slide, patch = self.index[index]
         grid = self.grids[slide]

@@ -15,7 +15,7 @@ Samplers: :class:`ModalityPairSampler` pairs unpaired RGB and IR images (MMGL pr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +25,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
+from domainssl.data.samplers import EpochSampler, Shard, first_epoch, stream_seed
 from domainssl.errors import DomainSSLError
 from domainssl.views.modality import person_resize
 
@@ -178,32 +179,44 @@ class ModalityPairs(Dataset[dict[str, Any]]):
         return {"rgb": rgb["image"], "ir": ir["image"], "rgb_pid": rgb["pid"], "ir_pid": ir["pid"]}
 
 
-class ModalityPairSampler(Sampler[tuple[int, int]]):
-    """Unpaired (RGB, IR) index pairs: independent random orders of both modalities.
+class ModalityPairSampler(EpochSampler[tuple[int, int]]):
+    """Unpaired (RGB, IR) index pairs: independent random orders of both modalities, drawn
+    from ``(seed, epoch)`` and shared out among the processes.
 
     An epoch has as many pairs as the larger modality has images; the smaller one is
     cycled through fresh random orders. Labels are never used.
     """
 
-    def __init__(self, modalities: list[int], seed: int = 0) -> None:
+    def __init__(
+        self,
+        modalities: list[int],
+        seed: int = 0,
+        epoch_of: Callable[[], int] = first_epoch,
+        shard: Shard = Shard(),
+    ) -> None:
+        super().__init__(seed, epoch_of, shard)
         flags = np.asarray(modalities)
         self.rgb, self.ir = np.flatnonzero(flags == RGB), np.flatnonzero(flags == IR)
         if not len(self.rgb) or not len(self.ir):
             raise DomainSSLError("Pairing RGB and infrared images needs both modalities.")
-        self.generator = torch.Generator().manual_seed(seed)
 
-    def __len__(self) -> int:
+    @property
+    def pairs_per_epoch(self) -> int:
         return max(len(self.rgb), len(self.ir))
 
-    def _order(self, indices: np.ndarray) -> list[int]:
-        rounds = -(-len(self) // len(indices))
-        orders = [indices[torch.randperm(len(indices), generator=self.generator).numpy()]]
-        orders += [indices[torch.randperm(len(indices), generator=self.generator).numpy()]
-                   for _ in range(rounds - 1)]  # fmt: skip
-        return np.concatenate(orders)[: len(self)].tolist()
+    def __len__(self) -> int:
+        return self.pairs_per_epoch // self.shard.world
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(zip(self._order(self.rgb), self._order(self.ir), strict=True))
+    def _order(self, indices: np.ndarray, generator: torch.Generator) -> list[int]:
+        rounds = -(-self.pairs_per_epoch // len(indices))
+        orders = [indices[torch.randperm(len(indices), generator=generator).numpy()]
+                  for _ in range(rounds)]  # fmt: skip
+        return np.concatenate(orders)[: self.pairs_per_epoch].tolist()
+
+    def items(self, epoch: int) -> list[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch))
+        rgb = self._order(self.rgb, generator)
+        return self.share(list(zip(rgb, self._order(self.ir, generator), strict=True)))
 
 
 class IdentityBalancedSampler(Sampler[list[int]]):

@@ -1,53 +1,120 @@
-"""Samplers whose order (and the random state of each epoch) is a pure function of the run
-seed and the epoch, so that a resumed run replays the uninterrupted one."""
+"""Samplers that say what each process reads, as a pure function of the run seed, the epoch
+and the process's global rank, so that processes never duplicate each other's samples or
+views and a resumed run replays the uninterrupted one.
+
+At the start of each epoch a sampler also reseeds the process's random state (the views
+made on the device, the seeds DataLoader workers start from) from ``(seed, epoch, rank)``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler, Sampler
+from torch.utils.data import Sampler
 
 
-class EpochSeededSampler(Sampler[int]):
-    """A shuffle that is a pure function of ``(seed, epoch)``; it also reseeds the RNGs.
+def stream_seed(*keys: int) -> int:
+    """A 32-bit seed that is a pure function of ``keys`` (e.g. seed, epoch, rank)."""
+    return int(np.random.SeedSequence([k % 2**63 for k in keys]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which process this is, and of how many."""
+
+    rank: int = 0
+    world: int = 1
+
+
+def first_epoch() -> int:
+    """The epoch of a sampler used outside a Trainer."""
+    return 0
+
+
+ItemT = TypeVar("ItemT")
+
+
+class EpochSampler(Sampler[ItemT]):
+    """Base: this process's share of an epoch, reseeding its random state first.
 
     Args:
-        size: number of samples.
         seed: the run seed.
         epoch_of: returns the epoch about to be iterated (read when iteration starts).
+        shard: this process's global rank and the process count.
     """
 
-    def __init__(self, size: int, seed: int, epoch_of: Callable[[], int]) -> None:
-        self.size, self.seed, self.epoch_of = size, seed, epoch_of
+    def __init__(self, seed: int, epoch_of: Callable[[], int], shard: Shard) -> None:
+        self.seed, self.epoch_of, self.shard = seed, epoch_of, shard
+
+    def __iter__(self) -> Iterator[ItemT]:
+        epoch = self.epoch_of()
+        seed = stream_seed(self.seed, epoch, self.shard.rank)
+        L.seed_everything(seed, workers=True, verbose=False)  # views + worker seeds
+        return iter(self.items(epoch))
+
+    def items(self, epoch: int) -> list[ItemT]:
+        """What this process reads in ``epoch``, in order."""
+        raise NotImplementedError
+
+    def share(self, everyone: list[ItemT]) -> list[ItemT]:
+        """Every ``world``-th item from position ``rank``, equally many for each process."""
+        count = len(everyone) // self.shard.world
+        return everyone[self.shard.rank : count * self.shard.world : self.shard.world]
+
+
+class ShuffleSampler(EpochSampler[int]):
+    """A shuffle of ``size`` samples drawn from ``(seed, epoch)`` (the same on every
+    process), of which each process takes every ``world``-th from position ``rank``. The
+    ``size % world`` samples that do not divide evenly are left out that epoch (others next
+    epoch), so every process has as many samples and none is shared."""
+
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        epoch_of: Callable[[], int] = first_epoch,
+        shard: Shard = Shard(),
+    ) -> None:
+        super().__init__(seed, epoch_of, shard)
+        self.size = size
 
     def __len__(self) -> int:
-        return self.size
+        return self.size // self.shard.world
 
-    def __iter__(self) -> Iterator[int]:
-        epoch_seed = (self.seed * 1_000_003 + self.epoch_of()) % 2**32
-        L.seed_everything(epoch_seed, workers=True, verbose=False)  # crops + views of the epoch
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch_seed))
-        yield from order.tolist()
+    def items(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch))
+        return self.share(torch.randperm(self.size, generator=generator).tolist())
 
 
-def epoch_seeded(loader: DataLoader, epoch_of: Callable[[], int], seed: int) -> DataLoader:
-    """``loader`` with its random shuffle replaced by :class:`EpochSeededSampler`.
+class DrawSampler(EpochSampler[int]):
+    """Keys of this process's random draws of an epoch (windows of scenes, patches of
+    slides), ``per_epoch`` in all: distinct for every epoch and process. A dataset of draws
+    turns a key into its draw with a generator seeded by ``(seed, key)``, so what is read
+    depends on neither the process's nor the worker's random state."""
 
-    Loaders with another sampler (re-ID's modality pairs) are returned unchanged.
-    """
-    if not isinstance(loader.sampler, RandomSampler):
-        return loader
-    sampler = EpochSeededSampler(len(loader.sampler), seed, epoch_of)
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
-        drop_last=loader.drop_last,
-        num_workers=loader.num_workers,
-        persistent_workers=loader.persistent_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        worker_init_fn=loader.worker_init_fn,
-    )
+    def __init__(
+        self,
+        per_epoch: int,
+        seed: int,
+        epoch_of: Callable[[], int] = first_epoch,
+        shard: Shard = Shard(),
+    ) -> None:
+        super().__init__(seed, epoch_of, shard)
+        self.per_epoch = per_epoch
+
+    def __len__(self) -> int:
+        return self.per_epoch // self.shard.world
+
+    def items(self, epoch: int) -> list[int]:
+        first = epoch * self.per_epoch + self.shard.rank * len(self)
+        return list(range(first, first + len(self)))
+
+
+def draw_generator(seed: int, key: int) -> torch.Generator:
+    """The generator a dataset of random draws uses for draw ``key``."""
+    return torch.Generator().manual_seed(stream_seed(seed, key))

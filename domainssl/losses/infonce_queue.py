@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from domainssl.losses.precision import in_float32
+
 
 class QueueInfoNCELoss(nn.Module):
     """Query i's positive is key i; the negatives are the queue's keys.
@@ -18,6 +20,7 @@ class QueueInfoNCELoss(nn.Module):
         super().__init__()
         self.temperature = temperature
 
+    @in_float32
     def forward(self, query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
         """``query``, ``key``: (N, D); ``queue``: (K, D) of already normalized keys."""
         if query.shape != key.shape or queue.shape[1] != query.shape[1]:

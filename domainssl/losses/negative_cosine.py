@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from domainssl.losses.precision import in_float32
+
 
 class NegativeCosineLoss(nn.Module):
     """``2 - 2 cos(p, z)`` averaged over the batch; the target ``z`` gets no gradient.
@@ -20,6 +22,7 @@ class NegativeCosineLoss(nn.Module):
         super().__init__()
         self.reduction = reduction
 
+    @in_float32
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if prediction.shape != target.shape or prediction.ndim != 2:
             raise ValueError(

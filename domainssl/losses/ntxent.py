@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from domainssl.losses.gather import gather_with_grad, world
+from domainssl.losses.precision import in_float32
 
 
 class NTXentLoss(nn.Module):
@@ -25,6 +26,7 @@ class NTXentLoss(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
+    @in_float32
     def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
         """Loss of two views (N, D) each, row i of ``z0`` paired with row i of ``z1``."""
         if z0.shape != z1.shape or z0.ndim != 2:

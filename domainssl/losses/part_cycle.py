@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from domainssl.losses.gather import gather_with_grad, world
+from domainssl.losses.precision import in_float32
 
 
 @torch.no_grad()
@@ -51,6 +52,7 @@ class PartCycleContrastiveLoss(nn.Module):
         self.temperature = temperature
         self.pairs = 0
 
+    @in_float32
     def forward(self, rgb: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
         """Loss of RGB parts (N, D) and infrared parts (M, D) of the local batch."""
         if rgb.ndim != 2 or ir.ndim != 2 or rgb.shape[1] != ir.shape[1]:

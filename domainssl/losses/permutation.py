@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from domainssl.errors import DomainSSLError
+from domainssl.losses.precision import in_float32
 
 MAX_STRIPES = 8
 """8! = 40,320 candidate permutations; more would not fit the greedy selection."""
@@ -86,6 +87,7 @@ class PermutationRecoveryLoss(nn.Module):
         """Images (B, C, H, W) with their stripes reordered by permutations ``labels``."""
         return shuffle_stripes(images, self.permutations, labels)
 
+    @in_float32
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if logits.ndim != 2 or logits.shape != (len(labels), len(self.permutations)):
             raise ValueError(

@@ -95,6 +95,10 @@ SettingsT = TypeVar("SettingsT", bound=MethodConfig)
 class SSLMethod(L.LightningModule, Generic[SettingsT]):
     """Backbone + normalization + views + schedule; subclasses add heads and a loss.
 
+    The networks need the data's bands and statistics. Under a Trainer they are built in
+    :meth:`configure_model`, after the data module is prepared (once) and set up (on every
+    process); given ``band_names``, ``mean`` and ``std`` here, they are built at once.
+
     Args:
         config: the run config; ``config.method`` is the method's own section, kept as
             :attr:`settings`.
@@ -104,22 +108,38 @@ class SSLMethod(L.LightningModule, Generic[SettingsT]):
     """
 
     def __init__(
-        self, config: RunConfig, band_names: list[str], mean: list[float], std: list[float]
+        self,
+        config: RunConfig,
+        band_names: list[str] | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
     ) -> None:
         super().__init__()
-        hyperparameters = {"config": config.model_dump(mode="json"), "band_names": band_names}
-        self.save_hyperparameters({**hyperparameters, "mean": mean, "std": std}, logger=False)
+        self.save_hyperparameters({"config": config.model_dump(mode="json")}, logger=False)
         self.config = config
         self.settings = cast(SettingsT, config.method)  # the registry pairs module and section
-        model_cfg = config.model
+        self.collapse = CollapseMonitor()
+        self.progress = 0.0
+        self.built = False
+        if band_names is not None and mean is not None and std is not None:
+            self.build(band_names, mean, std)
+
+    def configure_model(self) -> None:
+        """Build the networks from the set-up data module (once; resuming loads into them)."""
+        if not self.built:
+            data = self.trainer.datamodule.data  # type: ignore[attr-defined]
+            self.build(data.band_names, data.stats.mean, data.stats.std)
+
+    def build(self, band_names: list[str], mean: list[float], std: list[float]) -> None:
+        """Backbone (``in_chans`` = band count, optionally from ``model.init``), views, heads."""
+        model_cfg = self.config.model
         self.backbone = create_backbone(model_cfg.backbone, len(band_names), model_cfg.small_input)
         if model_cfg.init is not None:
             load_backbone_weights(self.backbone, Path(model_cfg.init), model_cfg.adapt_in_chans)
         self.feature_dim: int = self.backbone.num_features  # type: ignore[assignment]
-        self.views: ViewPipeline = build_views(config.views, mean, std)
-        self.collapse = CollapseMonitor()
-        self.progress = 0.0
+        self.views: ViewPipeline = build_views(self.config.views, mean, std)
         self.build_heads()
+        self.built = True
 
     @abstractmethod
     def build_heads(self) -> None:

@@ -6,17 +6,22 @@ from torch import nn
 
 
 def mlp(
-    in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_bn: bool = False
+    in_dim: int,
+    hidden_dim: int,
+    out_dim: int,
+    layers: int = 2,
+    last_bn: bool = False,
+    hidden_bn: bool = True,
 ) -> nn.Sequential:
-    """Linear-BN-ReLU blocks then a linear output (optionally batch-normalized)."""
+    """Linear-BN-ReLU blocks (Linear-ReLU without ``hidden_bn``, as MoCo v2's head) then a
+    linear output (optionally batch-normalized)."""
     blocks: list[nn.Module] = []
     dim = in_dim
     for _ in range(layers - 1):
-        blocks += [
-            nn.Linear(dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-        ]
+        blocks.append(nn.Linear(dim, hidden_dim, bias=not hidden_bn))
+        if hidden_bn:
+            blocks.append(nn.BatchNorm1d(hidden_dim))
+        blocks.append(nn.ReLU(inplace=True))
         dim = hidden_dim
     blocks.append(nn.Linear(dim, out_dim, bias=not last_bn))
     if last_bn:

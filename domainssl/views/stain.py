@@ -18,6 +18,17 @@ RGB_FROM_HED = torch.tensor(
 )
 RGB_FROM_HED = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
 MIN_INTENSITY = 1 / 255  # darker than one 8-bit step is noise, not stain (OD capped at 5.5)
+QUANTILE_SAMPLES = 4_000_000
+"""Values a percentile is estimated from: torch.quantile refuses inputs over 16M elements,
+so larger references (slide regions) are subsampled evenly."""
+
+
+def bounded_quantile(values: torch.Tensor, q: float | list[float]) -> torch.Tensor:
+    """``torch.quantile`` along the last dim of ``values``, on their device and dtype, from
+    at most :data:`QUANTILE_SAMPLES` evenly spaced values per row."""
+    step = -(-values.shape[-1] // QUANTILE_SAMPLES)
+    q_tensor = torch.as_tensor(q, dtype=values.dtype, device=values.device)
+    return torch.quantile(values[..., ::step], q_tensor, dim=-1)
 
 
 def rgb_to_od(images: torch.Tensor) -> torch.Tensor:
@@ -66,7 +77,7 @@ def macenko_stains(image: torch.Tensor, beta: float = 0.15, alpha: float = 1.0) 
     plane = vectors[:, 1:]  # the two largest eigenvectors, (3, 2)
     projected = od @ plane
     angles = torch.atan2(projected[:, 1], projected[:, 0])
-    low, high = torch.quantile(angles, torch.tensor([alpha / 100, 1 - alpha / 100], dtype=od.dtype))
+    low, high = bounded_quantile(angles, [alpha / 100, 1 - alpha / 100])
     stains = torch.stack(
         [plane @ torch.stack([low.cos(), low.sin()]), plane @ torch.stack([high.cos(), high.sin()])]
     )
@@ -93,7 +104,7 @@ class MacenkoNormalizer:
         """Fit on one reference RGB image (3, H, W) in [0, 1]."""
         stains = macenko_stains(reference)
         concentrations = macenko_concentrations(reference, stains)
-        return cls(stains, torch.quantile(concentrations, 0.99, dim=1).float())
+        return cls(stains, bounded_quantile(concentrations, 0.99).float())
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Normalize a (B, 3, H, W) batch; images without enough stain are left as they are."""
@@ -104,9 +115,10 @@ class MacenkoNormalizer:
             except ValueError:
                 continue
             concentrations = macenko_concentrations(image, stains)
-            scale = self.max_concentrations.double() / torch.quantile(concentrations, 0.99, dim=1)
+            peaks = self.max_concentrations.to(concentrations)
+            scale = peaks / bounded_quantile(concentrations, 0.99)
             concentrations = (concentrations * scale[:, None]).clamp(min=0)  # no negative stain
-            od = self.stains.double().T @ concentrations  # (3, N)
+            od = self.stains.to(concentrations).T @ concentrations  # (3, N)
             out[i] = od_to_rgb(od.reshape(image.shape)).to(images.dtype)
         return out
 

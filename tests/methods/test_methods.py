@@ -59,7 +59,7 @@ def test_byol_target_follows_online_by_ema() -> None:
 
 def test_moco_queue_takes_newest_keys_first() -> None:
     torch.manual_seed(0)
-    method = MoCo(tiny_config("moco", queue_size=10), ["a"], [0.0], [1.0])
+    method = MoCo(tiny_config("moco", queue_size=10, symmetric=True), ["a"], [0.0], [1.0])
     old = method.queue.clone()
     method.loss_and_embedding(torch.randn(3, 1, 16, 16), torch.randn(3, 1, 16, 16))
     assert method.queue.shape == (10, 8)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from domainssl.cli import app
 from domainssl.config import RunConfig
 from domainssl.data.proposal_cache import ProposalBoxes, ProposalStore
-from domainssl.methods.orl.mining import MiningSettings, knn_cosine, mine_pairs
+from domainssl.methods.orl.mining import MiningSettings, knn_cosine, mine_pairs, pairs_kept
 from domainssl.methods.orl.module import ORL
 from domainssl.methods.orl.pairs import FixedImages, PairedSamples, load_pairs
 
@@ -44,6 +44,14 @@ class FirstPixel(nn.Module):
         return images.mean(dim=(2, 3))
 
 
+def test_pairs_kept_per_neighbour_follow_the_released_code() -> None:
+    assert pairs_kept(0.1, 8, 8) == 1  # max(1, int(0.1 * 8)); a share of all 64 pairs gave 7
+    assert pairs_kept(0.1, 40, 8) == 4
+    assert pairs_kept(0.5, 10, 1) == 5
+    assert pairs_kept(0.9, 4, 1) == 3
+    assert pairs_kept(0.01, 3, 3) == 1  # at least one
+
+
 def test_mining_keeps_top_fraction_and_resumes(tmp_path: Path) -> None:
     torch.manual_seed(0)
     images = torch.rand(12, 3, 16, 16) * 255
@@ -53,7 +61,7 @@ def test_mining_keeps_top_fraction_and_resumes(tmp_path: Path) -> None:
     folder = mine_pairs(FirstPixel(), FixedImages(images), store, [0.0] * 3, [1.0] * 3,
                         settings, tmp_path)  # fmt: skip
     pairs = load_pairs(folder)
-    assert len(pairs) == 12 * 3 * 4  # ceil(0.25 * 4 * 4) pairs per image-neighbour pair
+    assert len(pairs) == 12 * 3 * 1  # max(1, int(0.25 * 4)) pairs per image-neighbour pair
     # brute force for image 0 and its first neighbour: the best RoI pair by cosine
     means = torch.stack([_box_means(images[i], boxes) for i in range(12)])  # (12, 4, 3)
     start, end = pairs.rows_of(0)

@@ -105,11 +105,13 @@ def embed_rois(
 
     ``boxes[b]`` (K_b, 4) normalized boxes of image ``b``; R = sum of K_b.
     """
+    device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
+    images = images.to(device)  # the accelerator when there is one
     height, width = images.shape[-2:]
     scale = torch.tensor([width, height, width, height], dtype=torch.float32)
     pixel_boxes = [(b.float() * scale).to(images.device) for b in boxes]
     crops = roi_align(_standardize(images, mean, std), pixel_boxes, size, aligned=True)
-    return backbone(crops)  # (R, D)
+    return backbone(crops).float().cpu()  # (R, D)
 
 
 def _read(dataset: Dataset[Sample], indices: list[int]) -> torch.Tensor:
@@ -203,6 +205,12 @@ def mine_pairs(
     return pair_dir
 
 
+def pairs_kept(top_fraction: float, query_rois: int, neighbor_rois: int) -> int:
+    """RoI pairs kept per (image, neighbour): ``max(1, int(top_fraction * K_query))``, as
+    Xie et al.'s released code does (not a share of all K_query x K_neighbour pairs)."""
+    return min(max(1, int(top_fraction * query_rois)), query_rois * neighbor_rois)
+
+
 def _pairs_of(
     queries: list[int],
     neighbors: torch.Tensor,
@@ -220,7 +228,7 @@ def _pairs_of(
             if len(a) == 0 or len(b) == 0:
                 continue
             sims = a @ b.T  # (Ka, Kb)
-            keep = max(1, math.ceil(settings.top_fraction * sims.numel()))
+            keep = pairs_kept(settings.top_fraction, len(a), len(b))
             best, flat = sims.flatten().topk(keep)
             ia, ib = flat // sims.shape[1], flat % sims.shape[1]
             other = subset[neighbor]

@@ -11,34 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from domainssl.methods.byol import BYOL, BYOLConfig
-from domainssl.methods.orl.datamodule import crop_views
+from domainssl.methods.byol import BYOL
+from domainssl.methods.orl.config import ORLConfig, crop_views
 from domainssl.views.object_crops import crop_affine, jitter_boxes, pad_boxes
 from domainssl.views.presets import view_pair
 from domainssl.views.settings import CropViewsConfig
 
 PAIR_KEYS = ("views", "intra", "inter")  # batch keys: global, intra-, inter-image pairs
 LOSS_NAMES = ("global", "intra", "inter")
-
-
-class ORLConfig(BYOLConfig):
-    """BYOL's keys (stages 1 and 3) and those of the three stages."""
-
-    name: str = "orl"
-    orl_init: str | None = None
-    """An existing pretrain run folder used as stage 1 (then stage 1 is skipped)."""
-    orl_stage_shares: tuple[float, float, float] = (0.4, 0.2, 0.4)
-    """Shares of ``trainer.max_time`` for stages 1, 2 and 3 (unused time moves on)."""
-    orl_neighbors: int = 10
-    """Stage 2: nearest images (cosine) retrieved per image (Xie et al. 2021: 10)."""
-    orl_top_fraction: float = 0.1
-    """Stage 2: share of RoI-RoI pairs kept per image-neighbour pair (Xie et al.: 10%)."""
-    orl_mine_images: int | None = None
-    """Stage 2: mine pairs among this many randomly chosen images (None = all)."""
-    orl_jitter_iou: float = 0.5
-    """Stage 3: the intra-image RoI pair are two jitters of a box with IoU above this."""
-    orl_loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """Stage 3: weights of the global, intra-image RoI and inter-image RoI losses."""
 
 
 class ORL(BYOL):

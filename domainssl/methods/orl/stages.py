@@ -2,9 +2,10 @@
 
 ``<run>/stage1``: image-level BYOL (a full pretrain run; or ``method.orl_init``, an existing
 run). ``<run>/stage2``: image embeddings, kNN, proposals and mined object pairs
-(:mod:`domainssl.methods.orl.mining`). ``<run>`` itself: stage 3, object-level BYOL
-started from the stage-1 backbone, whose export is the run's export. ``trainer.max_time``
-is split by ``method.orl_stage_shares``; time a stage leaves unused moves to the next.
+(:mod:`domainssl.methods.orl.mining`), made once by the stage-3 data module's preparation.
+``<run>`` itself: stage 3, object-level BYOL started from the stage-1 backbone, whose
+export is the run's export. ``trainer.max_time`` is split by ``method.orl_stage_shares``;
+time a stage leaves unused moves to the next.
 """
 
 from __future__ import annotations
@@ -13,18 +14,12 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
-
 from domainssl.checkpointing import LAST_CHECKPOINT
 from domainssl.config import RunConfig, build_config, set_dotted
-from domainssl.data.proposal_cache import ProposalBoxes
 from domainssl.errors import DomainSSLError
-from domainssl.export import WEIGHTS, load_backbone
+from domainssl.export import WEIGHTS
 from domainssl.methods.byol import BYOLConfig
-from domainssl.methods.orl.datamodule import STAGE2, crop_views, mining_images
-from domainssl.methods.orl.mining import MiningSettings, mine_pairs
 from domainssl.methods.orl.module import ORLConfig
-from domainssl.methods.orl.pairs import load_pairs
 from domainssl.methods.registry import FitStage
 
 MIN_STAGE_S = 5.0  # a stage whose budget is spent still gets this long
@@ -51,35 +46,29 @@ def _settings(config: RunConfig) -> ORLConfig:
 
 
 def run_orl_stages(config: RunConfig, run_dir: Path, resume: bool, fit: FitStage) -> None:
-    """Run (or resume) ORL's three stages in ``run_dir``; stage 3 writes the export.
+    """Run (or resume) ORL's stages in ``run_dir``; stage 3 writes the export.
 
     Args:
         config: a run config with ``method.name`` orl.
         run_dir: the run folder; on resume, finished stages are skipped.
         resume: go on from the checkpoints an interrupted run left.
-        fit: trains stage 1 (BYOL) and stage 3 (ORL) as plain single-stage runs.
+        fit: trains stage 1 (BYOL) and stages 2 + 3 (ORL, mining in its data preparation).
     """
     start = time.monotonic()
     run_dir.mkdir(parents=True, exist_ok=True)
     total = config.trainer.max_time_s
-    shares = _settings(config).orl_stage_shares
 
     def left(share_end: float) -> float | None:
         """Seconds until the end of the stages whose shares sum to ``share_end``."""
         return None if total is None else start + total * share_end - time.monotonic()
 
-    stage1 = _stage_one(config, run_dir, _budget(left(shares[0])), fit)
-    _report("stage 2/3: mining cross-image object pairs")
-    remaining = left(shares[0] + shares[1])
-    deadline = None if remaining is None else time.monotonic() + remaining
-    pairs = _stage_two(config, run_dir, stage1, deadline)
-    _report(f"stage 3/3: object-level BYOL on {pairs} mined pairs + intra-image RoIs")
-    stage3 = _stage_config(
+    stage1 = _stage_one(config, run_dir, _budget(left(_settings(config).orl_stage_shares[0])), fit)
+    stages23 = _stage_config(
         config,
         {"out": str(run_dir.parent), "name": run_dir.name, "model.init": str(stage1 / WEIGHTS),
          "trainer.max_time": _budget(left(1.0))},
     )  # fmt: skip
-    fit(stage3, run_dir, resume and (run_dir / LAST_CHECKPOINT).is_file())
+    fit(stages23, run_dir, resume and (run_dir / LAST_CHECKPOINT).is_file())
 
 
 def _stage_one(config: RunConfig, run_dir: Path, budget: str | None, fit: FitStage) -> Path:
@@ -105,26 +94,3 @@ def _stage_one(config: RunConfig, run_dir: Path, budget: str | None, fit: FitSta
                "trainer.max_time": budget}  # fmt: skip
     fit(_stage_config(config, changes), stage1, (stage1 / LAST_CHECKPOINT).is_file())
     return stage1
-
-
-def _stage_two(config: RunConfig, run_dir: Path, stage1: Path, deadline: float | None) -> int:
-    """Mine object pairs among the fixed image set (cached in ``<run>/stage2``); the count."""
-    images = mining_images(config, run_dir).dataset
-    assert isinstance(images, ProposalBoxes) and images.store is not None
-    backbone, meta = load_backbone(stage1)
-    settings = _settings(config)
-    mining = MiningSettings(
-        settings.orl_neighbors,
-        settings.orl_top_fraction,
-        settings.orl_mine_images,
-        crop_views(config).crop_size,
-        config.data.batch_size,
-        config.trainer.seed,
-    )
-    pair_dir = mine_pairs(
-        backbone, images.source, images.store, meta.mean, meta.std, mining, run_dir / STAGE2,
-        deadline,
-    )  # fmt: skip
-    pairs = load_pairs(pair_dir)
-    _report(f"stage 2/3: {len(pairs)} pairs for {len(np.unique(pairs.image))} images")
-    return len(pairs)
