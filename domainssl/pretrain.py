@@ -141,7 +141,6 @@ def build_trainer(config: RunConfig, run_dir: Path, progress_bar: bool = True) -
     """A Lightning Trainer writing checkpoints and metrics.csv into ``run_dir``; samplers
     are ours (rank-aware), not Lightning's distributed replacement."""
     cfg = config.trainer
-    check_device_and_precision(cfg)
     callbacks: list[Any] = [
         PeriodicCheckpoint(
             run_dir,
@@ -187,6 +186,7 @@ def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool =
         progress_bar: show Lightning's progress bar.
     """
     spec = method_spec(config.method.name)
+    check_device_and_precision(config.trainer)
     run_dir = resume if resume is not None else new_run_dir(config)
     fit = partial(fit_and_export, progress_bar=progress_bar)
     inherited = os.environ.get(RUN_DIR_ENV)

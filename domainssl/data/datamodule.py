@@ -282,6 +282,7 @@ class PretrainDataModule(L.LightningDataModule):
         if self._data is None:
             self._data = self.build()
         self.preparation_seconds = time.monotonic() - start
+        print(f"Data prepared in {self.preparation_seconds:.1f} s: {self._data.source}", flush=True)
 
     def setup(self, stage: str) -> None:
         """Build the dataset from the run folder's caches (a no-op when already built)."""

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from domainssl.config import MethodConfig, RunConfig
+from domainssl.io import atomic_write_text
 from domainssl.methods.optim import build_optimizer, warmup_cosine
 from domainssl.models.backbones import create_backbone, load_backbone_weights
 from domainssl.views.presets import ViewPipeline, build_views, view_pair
@@ -48,6 +49,10 @@ def replica_fingerprint(module: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+REPLICA_MISMATCH = "REPLICAS_DIFFER.txt"
+"""Written into the run folder when the processes of a run ended with different weights."""
 
 
 class CollapseMonitor:
@@ -202,14 +207,27 @@ class SSLMethod(L.LightningModule, Generic[SettingsT]):
         self.collapse.reset()
 
     def on_train_end(self) -> None:
-        """In multi-process runs, check that every replica holds the same weights and queues."""
+        """In multi-process runs, check that every replica holds the same weights and queues.
+
+        A mismatch never discards the run: rank 0's weights are still exported, with a loud
+        warning and :data:`REPLICA_MISMATCH` in the run folder naming each rank's fingerprint.
+        """
         if self.trainer.world_size == 1:
             return
         prints: list[str | None] = [None] * self.trainer.world_size
         dist.all_gather_object(prints, replica_fingerprint(self))
-        if len(set(prints)) != 1:
-            raise RuntimeError(f"Model replicas diverged across processes: {prints}")
-        rank_zero_info(f"Replica check: weights identical on {len(prints)} processes.")
+        if len(set(prints)) == 1:
+            rank_zero_info(f"Replica check: weights identical on {len(prints)} processes.")
+            return
+        report = "\n".join(f"rank {rank}: {digest}" for rank, digest in enumerate(prints))
+        warnings.warn(
+            f"REPLICA MISMATCH: the {len(prints)} processes ended with different weights; the "
+            f"export holds rank 0's. Fingerprints:\n{report}",
+            stacklevel=1,
+        )
+        if self.trainer.is_global_zero:
+            marker = Path(self.trainer.default_root_dir) / REPLICA_MISMATCH
+            atomic_write_text(marker, f"Model replicas diverged; exported rank 0's.\n{report}\n")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return build_optimizer(self, self.config.optimizer)

@@ -20,15 +20,21 @@ RGB_FROM_HED = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
 MIN_INTENSITY = 1 / 255  # darker than one 8-bit step is noise, not stain (OD capped at 5.5)
 QUANTILE_SAMPLES = 4_000_000
 """Values a percentile is estimated from: torch.quantile refuses inputs over 16M elements,
-so larger references (slide regions) are subsampled evenly."""
+so larger references (slide regions) are subsampled at random (a fixed seed; not a stride,
+which would alias with the width of patches laid side by side)."""
 
 
 def bounded_quantile(values: torch.Tensor, q: float | list[float]) -> torch.Tensor:
     """``torch.quantile`` along the last dim of ``values``, on their device and dtype, from
-    at most :data:`QUANTILE_SAMPLES` evenly spaced values per row."""
-    step = -(-values.shape[-1] // QUANTILE_SAMPLES)
+    at most :data:`QUANTILE_SAMPLES` values per row."""
+    if values.shape[-1] > QUANTILE_SAMPLES:
+        generator = torch.Generator(device=values.device).manual_seed(0)
+        picks = torch.randint(
+            values.shape[-1], (QUANTILE_SAMPLES,), generator=generator, device=values.device
+        )
+        values = values[..., picks]
     q_tensor = torch.as_tensor(q, dtype=values.dtype, device=values.device)
-    return torch.quantile(values[..., ::step], q_tensor, dim=-1)
+    return torch.quantile(values, q_tensor, dim=-1)
 
 
 def rgb_to_od(images: torch.Tensor) -> torch.Tensor:

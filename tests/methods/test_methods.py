@@ -108,3 +108,23 @@ def test_fingerprint_ignores_batchnorm_statistics_only() -> None:
     with torch.no_grad():
         linear.weight.add_(1e-3)
     assert replica_fingerprint(model) != before
+
+
+def test_moco_v2_head_is_fc_relu_fc_and_the_loss_one_directional() -> None:
+    method = MoCo(tiny_config("moco", queue_size=12), ["a"], [0.0], [1.0])
+    layers = [type(layer) for layer in method.projector]
+    assert layers == [nn.Linear, nn.ReLU, nn.Linear]
+    old = method.queue.clone()
+    method.loss_and_embedding(torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16))
+    assert torch.equal(method.queue[4:], old[:8])  # one view's keys entered the queue
+
+
+def test_moco_keys_on_one_process_take_batchnorm_statistics_of_shuffled_halves() -> None:
+    torch.manual_seed(0)
+    method = MoCo(tiny_config("moco", queue_size=12), ["a"], [0.0], [1.0]).train()
+    images = torch.randn(8, 1, 16, 16)
+    keys = method.keys(images)
+    plain = nn.functional.normalize(method.key_projector(method.key_backbone(images)), dim=1)
+    assert keys.shape == plain.shape and not torch.allclose(keys, plain, atol=1e-4)
+    method.settings.shuffle_bn = False
+    assert torch.allclose(method.keys(images), plain, atol=1e-6)

@@ -9,6 +9,7 @@ from domainssl.views.stain import (
     MacenkoNormalizer,
     PixelStainNormalization,
     ReinhardNormalizer,
+    bounded_quantile,
     fit_stain_normalizer,
     hed_jitter,
     macenko_stains,
@@ -77,3 +78,19 @@ def test_pixel_stain_normalization_works_on_8_bit_range() -> None:
     assert out.dtype == torch.float32 and out.min() >= 0 and out.max() <= 255
     assert torch.allclose(out / 255, normalize.normalizer(image), atol=0.02)
     assert repr(normalize) == "reinhard stain normalization fitted on x"
+
+
+def test_percentiles_of_more_than_16m_values_are_estimated_from_a_subsample() -> None:
+    values = torch.linspace(0, 1, 17_000_000)  # torch.quantile alone refuses over 16M values
+    low, high = bounded_quantile(values, [0.01, 0.99])
+    assert low.item() == pytest.approx(0.01, abs=1e-4)
+    assert high.item() == pytest.approx(0.99, abs=1e-4)
+    rows = torch.stack([values[:100], values[:100] * 2])
+    assert torch.allclose(bounded_quantile(rows, 0.5), torch.quantile(rows, 0.5, dim=1))
+
+
+def test_macenko_fits_a_reference_larger_than_quantile_accepts() -> None:
+    large = constructed_image(seed=3, size=48).repeat(1, 90, 90)  # 4320 x 4320 = 18.7M px
+    normalizer = MacenkoNormalizer.fit(large)
+    direct = MacenkoNormalizer.fit(constructed_image(seed=3, size=48))
+    assert torch.allclose(normalizer.stains, direct.stains, atol=1e-3)
