@@ -2,4 +2,5 @@
 
 from domainssl.cli import app
 
-app()
+if __name__ == "__main__":  # spawned worker processes import this module again
+    app()

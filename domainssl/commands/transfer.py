@@ -41,7 +41,10 @@ def transfer(
         int, typer.Option(help="Re-ID: trials averaged (SYSU-MM01 gallery draws, RegDB splits).")
     ] = 10,
     accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "auto",
-    devices: Annotated[int, typer.Option(help="GPUs each training batch is split across.")] = 1,
+    devices: Annotated[
+        int,
+        typer.Option(help="Fine-tuning processes: one per GPU (DDP), or CPU processes."),
+    ] = 1,
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and training.")] = 0,
     mpp: Annotated[
@@ -58,10 +61,11 @@ def transfer(
     from domainssl.transfer.segmentation.training import SegmentTrainConfig
     from domainssl.transfer.segmentation.transfer import SegmentSettings, transfer_segment
 
-    require_devices(devices)
+    device = pick_device(accelerator)
+    if device == "cuda" or devices < 1:
+        require_devices(devices)
     check_resolution(read_meta(run_dir), mpp, str(data))
     seconds = parse_duration(max_time) if max_time is not None else None
-    device = pick_device(accelerator)
     if task == "reid":
         from domainssl.transfer.reid.transfer import ReidSettings, transfer_reid
 

@@ -1,9 +1,8 @@
-"""Several GPUs in one process: each batch split across them (one model, one output)."""
+"""How many CUDA devices a command may ask for."""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from domainssl.errors import DomainSSLError
 
@@ -15,12 +14,3 @@ def require_devices(devices: int) -> None:
             f"--devices {devices} but {torch.cuda.device_count()} CUDA devices are visible: "
             "ask for at least 1 and at most that many."
         )
-
-
-def spread(network: nn.Module, devices: int) -> nn.Module:
-    """``network`` splitting each batch across the first ``devices`` CUDA devices
-    (``nn.DataParallel``; the weights stay in ``network``); itself for one device."""
-    require_devices(devices)
-    if devices == 1:
-        return network
-    return nn.DataParallel(network, device_ids=list(range(devices)))

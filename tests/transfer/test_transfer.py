@@ -130,7 +130,7 @@ def test_random_baseline_and_band_mismatch(tmp_path: Path) -> None:
         and "has 4 bands but the backbone was pretrained on 3" in result.output
     )
     rgb = write_chip_folder(tmp_path / "rgb", per_class=10, fmt="png")
-    too_many = max(2, torch.cuda.device_count() + 1)
+    too_many = torch.cuda.device_count() + 1 if torch.cuda.is_available() else 0
     result = runner.invoke(
         app, ["transfer", str(run), "--data", str(rgb), "--devices", str(too_many)]
     )

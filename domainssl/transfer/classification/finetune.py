@@ -10,10 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from domainssl.models.parallel import spread
+from domainssl.data.samplers import Shard
 from domainssl.transfer.classification.knn import KNNHead
 from domainssl.transfer.classification.labeled import LabeledSet
 from domainssl.transfer.classification.metrics import score
+from domainssl.transfer.processes import (
+    rank_zero_decides,
+    replicate,
+    train_in_processes,
+    worker_device,
+)
 
 
 @dataclass
@@ -30,7 +36,7 @@ class FinetuneConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     devices: int = 1
-    """CUDA devices each training batch is split across."""
+    """Processes (one per CUDA device, or CPU processes) training DDP replicas."""
 
 
 class Classifier(nn.Module):
@@ -63,9 +69,29 @@ def finetune(
     model: Classifier, inputs: torch.Tensor, data: LabeledSet, config: FinetuneConfig
 ) -> float:
     """Train ``model`` on preprocessed ``inputs`` (N, C, S, S) of ``data``'s train part;
-    keeps the weights of the epoch with the best validation score and returns that score."""
-    torch.manual_seed(config.seed)
+    keeps the weights of the epoch with the best validation score and returns that score.
+    With ``config.devices`` > 1, one DDP process per device trains it."""
     device = next(model.parameters()).device
+    if config.devices == 1:
+        state, best = train_classifier(model, inputs, data, config, Shard())
+    else:
+        args = (model.cpu(), inputs, data, config)
+        state, best = train_in_processes(
+            train_classifier, args, config.devices, device.type == "cuda"
+        )
+        model.to(device)
+    model.load_state_dict(state)
+    return float(best)
+
+
+def train_classifier(
+    model: Classifier, inputs: torch.Tensor, data: LabeledSet, config: FinetuneConfig, shard: Shard
+) -> tuple[dict[str, torch.Tensor], float]:
+    """One process's part of :func:`finetune`: the best weights and their validation score
+    (rank 0's; every process draws the same batches and trains on its share of each)."""
+    device = next(model.parameters()).device if shard.world == 1 else worker_device()
+    forward = replicate(model, shard, device)
+    torch.manual_seed(config.seed)  # after DDP's set-up, which draws random numbers
     groups = [
         {"params": model.backbone.parameters(), "lr": config.lr * config.backbone_lr_scale},
         {"params": model.head.parameters(), "lr": config.lr},
@@ -78,15 +104,15 @@ def finetune(
     )
     multilabel = data.multilabel
     best = (-1.0, copy.deepcopy(model.state_dict()))
-    forward = spread(model, config.devices)
     start = time.monotonic()
     for _ in range(config.epochs):
         model.train()
         order = train[torch.randperm(len(train))]
         for step in range(steps_per_epoch):
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            logits = forward(flip_rotate(inputs[batch].to(device)))
-            target = data.targets[batch].to(device)
+            mine = batch[shard.rank :: shard.world]  # this process's share
+            logits = forward(flip_rotate(inputs[mine].to(device)))
+            target = data.targets[mine].to(device)
             loss = (
                 F.binary_cross_entropy_with_logits(logits, target)
                 if multilabel
@@ -96,13 +122,14 @@ def finetune(
             loss.backward()
             optimizer.step()
             schedule.step()
-        val_score = score(predict(model, inputs[data.split.val]), data.targets[data.split.val])
-        if val_score > best[0]:
-            best = (val_score, copy.deepcopy(model.state_dict()))
-        if config.max_time_s is not None and time.monotonic() - start > config.max_time_s:
+        if shard.rank == 0:
+            val_score = score(predict(model, inputs[data.split.val]), data.targets[data.split.val])
+            if val_score > best[0]:
+                best = (val_score, copy.deepcopy(model.state_dict()))
+        over = config.max_time_s is not None and time.monotonic() - start > config.max_time_s
+        if rank_zero_decides(over, device):
             break
-    model.load_state_dict(best[1])
-    return best[0]
+    return best[1], best[0]
 
 
 @torch.no_grad()

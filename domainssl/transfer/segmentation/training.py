@@ -4,17 +4,24 @@ and evaluation over whole images tile by tile."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from domainssl.data.samplers import Shard, stream_seed
 from domainssl.export import BackboneMeta, preprocess
-from domainssl.models.parallel import spread
+from domainssl.transfer.processes import (
+    global_sum,
+    rank_zero_decides,
+    replicate,
+    train_in_processes,
+    worker_device,
+)
 from domainssl.transfer.segmentation.data import Sample, SegmentationSet
 from domainssl.transfer.segmentation.metrics import (
     SegmentationMetrics,
@@ -83,7 +90,7 @@ class SegmentTrainConfig:
     seed: int = 0
     num_workers: int = 0
     devices: int = 1
-    """CUDA devices each training batch is split across."""
+    """Processes (one per CUDA device, or CPU processes) training DDP replicas."""
 
 
 @dataclass
@@ -113,48 +120,85 @@ def fit_segmenter(
     config: SegmentTrainConfig,
     device: str | torch.device | None = None,
 ) -> FitSummary:
-    """Cross-entropy fine-tuning on random augmented tiles (ignored pixels excluded)."""
+    """Cross-entropy fine-tuning on random augmented tiles (ignored pixels excluded); with
+    ``config.devices`` > 1, one DDP process per device trains it."""
     target = resolve_device(device)
-    torch.manual_seed(config.seed)
-    model.to(target).encoder.requires_grad_(not config.freeze_encoder)
+    if config.devices == 1:
+        model.to(target)
+        state, summary = train_segmenter(model, meta, train_set, config, Shard())
+    else:
+        args = (model.cpu(), meta, train_set, config)
+        state, summary = train_in_processes(
+            train_segmenter, args, config.devices, target.type == "cuda"
+        )
+        model.to(target)
+    model.load_state_dict(state)
+    return FitSummary(**summary)
+
+
+def train_segmenter(
+    model: Segmenter,
+    meta: BackboneMeta,
+    train_set: SegmentationSet,
+    config: SegmentTrainConfig,
+    shard: Shard,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """One process's part of :func:`fit_segmenter`: the weights and a summary (as a dict).
+
+    Each process draws its own random tiles of its share of the images; a batch where no
+    process has a labelled pixel is skipped by all of them together."""
+    target = next(model.parameters()).device if shard.world == 1 else worker_device()
+    torch.manual_seed(stream_seed(config.seed, shard.rank) if shard.world > 1 else config.seed)
+    model.encoder.requires_grad_(not config.freeze_encoder)
+    forward = replicate(model, shard, target)
     optimizer = _optimizer(model, config)
     tiles = TrainingTiles(train_set, config.tile)
+    share = len(tiles) // shard.world
+    sampler: DistributedSampler | None = None
+    if shard.world > 1:
+        sampler = DistributedSampler(tiles, shard.world, shard.rank, seed=config.seed)
     loader = DataLoader(
         tiles,
         batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=len(tiles) > config.batch_size,  # no 1-sample batch for BatchNorm
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=share > config.batch_size,  # no 1-sample batch for BatchNorm
         num_workers=config.num_workers,
         generator=torch.Generator().manual_seed(config.seed),
         pin_memory=target.type == "cuda",
     )
     ignore = train_set.encoding.ignore_index
-    forward = spread(model, config.devices)
-    start, steps, losses = time.monotonic(), 0, []
-    for _ in range(config.epochs):
+    start, steps, losses, out_of_time = time.monotonic(), 0, [], False
+    for epoch in range(config.epochs):
         model.train()
         if config.freeze_encoder:
             model.encoder.eval()  # keep the pretrained BatchNorm statistics
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         total, batches, out_of_time = 0.0, 0, False
         for batch in loader:
             masks = batch["mask"].to(target, non_blocking=True)  # (B, T, T)
-            if not bool((masks != ignore).any()):
+            labelled = float((masks != ignore).sum())
+            if global_sum(labelled, target) == 0:
                 continue
             images = preprocess(meta, batch["image"].to(target, non_blocking=True))  # (B, C, T, T)
-            loss = F.cross_entropy(forward(images), masks, ignore_index=ignore)
+            pixel_losses = F.cross_entropy(
+                forward(images), masks, ignore_index=ignore, reduction="sum"
+            )
+            loss = pixel_losses / max(labelled, 1.0)  # mean over labelled pixels (0 if none)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total, batches, steps = total + float(loss.detach()), batches + 1, steps + 1
-            out_of_time = config.max_time_s is not None and (
-                time.monotonic() - start > config.max_time_s
-            )
+            over = config.max_time_s is not None and time.monotonic() - start > config.max_time_s
+            out_of_time = rank_zero_decides(over, target)
             if out_of_time:
                 break
         losses.append(total / batches if batches else float("nan"))
         if out_of_time:
-            return FitSummary(losses, steps, stopped_by_time=True)
-    return FitSummary(losses, steps, stopped_by_time=False)
+            break
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return state, asdict(FitSummary(losses, steps, stopped_by_time=out_of_time))
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
