@@ -99,3 +99,19 @@ def train_in_processes(
         saved = Path(folder) / "trained.pt"
         trained = torch.load(saved, weights_only=True)
     return trained["state"], trained["result"]
+
+
+def train_on_devices(
+    train: Callable[..., tuple[dict[str, torch.Tensor], Any]],
+    model: nn.Module,
+    args: tuple[Any, ...],
+    devices: int,
+    device: torch.device,
+) -> tuple[dict[str, torch.Tensor], Any]:
+    """``train(model, *args, shard)`` in this process on ``device``, or in ``devices``
+    processes (:func:`train_in_processes`); ``model`` ends on ``device`` either way."""
+    if devices == 1:
+        return train(model.to(device), *args, Shard())
+    trained = train_in_processes(train, (model.cpu(), *args), devices, device.type == "cuda")
+    model.to(device)
+    return trained

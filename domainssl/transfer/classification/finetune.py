@@ -17,7 +17,7 @@ from domainssl.transfer.classification.metrics import score
 from domainssl.transfer.processes import (
     rank_zero_decides,
     replicate,
-    train_in_processes,
+    train_on_devices,
     worker_device,
 )
 
@@ -72,14 +72,8 @@ def finetune(
     keeps the weights of the epoch with the best validation score and returns that score.
     With ``config.devices`` > 1, one DDP process per device trains it."""
     device = next(model.parameters()).device
-    if config.devices == 1:
-        state, best = train_classifier(model, inputs, data, config, Shard())
-    else:
-        args = (model.cpu(), inputs, data, config)
-        state, best = train_in_processes(
-            train_classifier, args, config.devices, device.type == "cuda"
-        )
-        model.to(device)
+    args = (inputs, data, config)
+    state, best = train_on_devices(train_classifier, model, args, config.devices, device)
     model.load_state_dict(state)
     return float(best)
 

@@ -19,7 +19,7 @@ from domainssl.transfer.processes import (
     global_sum,
     rank_zero_decides,
     replicate,
-    train_in_processes,
+    train_on_devices,
     worker_device,
 )
 from domainssl.transfer.segmentation.data import Sample, SegmentationSet
@@ -122,16 +122,10 @@ def fit_segmenter(
 ) -> FitSummary:
     """Cross-entropy fine-tuning on random augmented tiles (ignored pixels excluded); with
     ``config.devices`` > 1, one DDP process per device trains it."""
-    target = resolve_device(device)
-    if config.devices == 1:
-        model.to(target)
-        state, summary = train_segmenter(model, meta, train_set, config, Shard())
-    else:
-        args = (model.cpu(), meta, train_set, config)
-        state, summary = train_in_processes(
-            train_segmenter, args, config.devices, target.type == "cuda"
-        )
-        model.to(target)
+    args = (meta, train_set, config)
+    state, summary = train_on_devices(
+        train_segmenter, model, args, config.devices, resolve_device(device)
+    )
     model.load_state_dict(state)
     return FitSummary(**summary)
 
