@@ -190,3 +190,13 @@ def test_identical_replicas_write_no_marker(
         slice(None), [f, f]))  # fmt: skip
     method.on_train_end()
     assert not (tmp_path / REPLICA_MISMATCH).exists()
+
+
+def test_a_run_without_a_training_step_stops_before_training(tmp_path: Path) -> None:
+    scene = write_scene(tmp_path / "scene.tif", height=96, width=96)
+    args = ["pretrain", "--data", str(scene), "--out", str(tmp_path / "runs"), "--name", "z",
+            *[f"--set={item}" for item in SMALL], "--set=data.samples_per_epoch=1"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "no training step" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs" / "z" / "backbone.safetensors").exists()
