@@ -149,11 +149,20 @@ class ModelConfig(Section):
 
     backbone: str = "resnet18"
     init: str | None = None
-    """Checkpoint (.safetensors or weights-only .pth/.ckpt) to start from."""
-    adapt_in_chans: Literal["error", "mean_repeat"] = "error"
-    """What to do when ``init`` has another band count than the data."""
+    """Weights to start from (``--init``): a run or transfer folder, a weight file, a timm
+    name (``resnet50.a1_in1k``), ``hf-hub:org/name`` (local cache) or
+    ``torchgeo:<Weights>.<MEMBER>``. A named architecture replaces ``backbone``."""
+    adapt_in_chans: Literal["error", "mean_repeat", "by_name"] = "error"
+    """When ``init`` was trained on other bands than the data's: ``by_name`` matches bands by
+    name (the rest get the mean filter), ``mean_repeat`` gives every band the mean filter."""
+    init_normalization: Literal["data", "weights"] = "data"
+    """Standardize with the data's per-band statistics, or with the init's own (for the bands
+    matched to the weights' bands) where they are known."""
     small_input: bool = True
     """Drop the stem's max-pool (keeps resolution for small chips, as CIFAR-style ResNets do)."""
+    timm_kwargs: dict[str, Any] = {}
+    """More ``timm.create_model`` arguments, recorded in the export (ViTs: ``img_size``,
+    ``patch_size``, ``dynamic_img_size``)."""
 
 
 class OptimizerConfig(Section):
@@ -164,6 +173,16 @@ class OptimizerConfig(Section):
     momentum: float = 0.9
     warmup_fraction: float = 0.05
     """Share of the run (steps or time budget) spent in linear warmup."""
+    init_lr_scale: float = 0.1
+    """Continued pretraining (``model.init`` set): the peak learning rate is ``lr`` times this."""
+    init_warmup_fraction: float = 0.01
+    """Continued pretraining: the warmup share (the weights need no long warmup)."""
+
+    def peak_lr(self, continued: bool) -> float:
+        return self.lr * (self.init_lr_scale if continued else 1.0)
+
+    def warmup(self, continued: bool) -> float:
+        return self.init_warmup_fraction if continued else self.warmup_fraction
 
 
 class TrainerConfig(Section):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,16 @@ class BackboneMeta:
     """Pathology: microns per pixel of the pretraining samples (None when unknown)."""
     stain_norm: dict[str, Any] | None = None
     """Pathology: the fitted stain normalization applied before ``mean``/``std``."""
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    """More ``timm.create_model`` arguments the backbone was built with (``{}`` for CNNs)."""
+    init: dict[str, Any] | None = None
+    """The weights pretraining started from, how their bands were adapted, and whose
+    normalization ``mean``/``std`` are (``data`` or the init's ``weights``)."""
+
+
+def backbone_for(meta: BackboneMeta) -> nn.Module:
+    """A randomly initialised backbone of the architecture ``meta`` describes."""
+    return create_backbone(meta.timm_name, meta.in_chans, meta.small_input, meta.timm_kwargs)
 
 
 def export_backbone(backbone: nn.Module, meta: BackboneMeta, run_dir: Path) -> None:
@@ -66,7 +76,7 @@ def load_backbone(run_dir: Path) -> tuple[nn.Module, BackboneMeta]:
     """The exported backbone (eval mode) and its metadata."""
     meta = read_meta(run_dir)
     weights = run_dir / WEIGHTS
-    backbone = create_backbone(meta.timm_name, meta.in_chans, meta.small_input)
+    backbone = backbone_for(meta)
     backbone.load_state_dict(load_file(str(weights)))
     return backbone.eval(), meta
 

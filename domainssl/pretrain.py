@@ -25,7 +25,9 @@ from domainssl.data.datamodule import PretrainData
 from domainssl.errors import DomainSSLError
 from domainssl.export import BackboneMeta, export_backbone
 from domainssl.io import atomic_write, atomic_write_text
+from domainssl.methods.base import SSLMethod
 from domainssl.methods.registry import method_spec
+from domainssl.models.init_weights import init_architecture
 from domainssl.paths import SKIPPED_INPUTS
 from domainssl.runinfo import write_run_info
 
@@ -187,6 +189,7 @@ def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool =
     """
     spec = method_spec(config.method.name)
     check_device_and_precision(config.trainer)
+    config = adopt_init_architecture(config)
     run_dir = resume if resume is not None else new_run_dir(config)
     fit = partial(fit_and_export, progress_bar=progress_bar)
     inherited = os.environ.get(RUN_DIR_ENV)
@@ -235,21 +238,22 @@ def fit_and_export(
     if trainer.is_global_zero:
         merge_metrics(run_dir)
         data = datamodule.data
-        export_backbone(method.backbone, backbone_meta(config, data, method.feature_dim), run_dir)
+        export_backbone(method.backbone, backbone_meta(config, data, method), run_dir)
         if data.skipped:
             atomic_write_text(run_dir / SKIPPED_INPUTS, "\n".join(data.skipped) + "\n")
 
 
-def backbone_meta(config: RunConfig, data: PretrainData, feature_dim: int) -> BackboneMeta:
-    """What the export records: architecture, bands, normalization, resolution, stain."""
+def backbone_meta(config: RunConfig, data: PretrainData, method: SSLMethod) -> BackboneMeta:
+    """What the export records: architecture, bands, normalization, resolution, stain, and
+    the weights pretraining started from."""
     return BackboneMeta(
         timm_name=config.model.backbone,
         small_input=config.model.small_input,
         in_chans=data.in_chans,
         band_names=data.band_names,
-        mean=data.stats.mean,
-        std=data.stats.std,
-        feature_dim=feature_dim,
+        mean=method.mean,
+        std=method.std,
+        feature_dim=method.feature_dim,
         input_size=config.data.sample_size,
         method=config.method.name,
         domain=config.domain,
@@ -257,4 +261,19 @@ def backbone_meta(config: RunConfig, data: PretrainData, feature_dim: int) -> Ba
         config=config.model_dump(mode="json"),
         mpp=data.mpp,
         stain_norm=data.stain_norm,
+        timm_kwargs=config.model.timm_kwargs,
+        init=method.init_record,
+    )
+
+
+def adopt_init_architecture(config: RunConfig) -> RunConfig:
+    """``config`` with ``model.backbone`` set to the architecture ``model.init`` names (a run
+    folder's, a timm or torchgeo weight's), saying so when it differs."""
+    spec = config.model.init
+    architecture = init_architecture(spec) if spec is not None else None
+    if architecture is None or architecture == config.model.backbone:
+        return config
+    print(f"model.backbone: {architecture}, the architecture of --init {spec}", flush=True)
+    return config.model_copy(
+        update={"model": config.model.model_copy(update={"backbone": architecture})}
     )

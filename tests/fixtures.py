@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +211,27 @@ def constructed_image(seed: int = 0, size: int = 48) -> torch.Tensor:
     concentrations[:, : size * 4] = 0.0  # some background
     od = torch.stack([H_STAIN, E_STAIN]).T @ concentrations  # (3, N)
     return od_to_rgb(od.reshape(3, size, size))
+
+
+def write_hf_cache(home: Path, repo: str = "org/tiny", architecture: str = "resnet10t") -> Path:
+    """A local Hugging Face cache (``HF_HOME``) holding a timm model the way the hub stores
+    it: ``hub/models--org--name/snapshots/<rev>/model.safetensors`` + ``config.json``, with
+    ``refs/main`` naming the revision. Returns the weights file."""
+    import timm
+    from safetensors.torch import save_file
+
+    folder = home / "hub" / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / "0123456789abcdef"
+    snapshot.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0123456789abcdef")
+    torch.manual_seed(0)
+    model = timm.create_model(architecture, num_classes=10)
+    weights = snapshot / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    classifier = dict(model.pretrained_cfg)["classifier"]  # type: ignore[arg-type]
+    cfg = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "num_classes": 10,
+           "input_size": [3, 224, 224], "classifier": classifier}  # fmt: skip
+    config = {"architecture": architecture, "num_classes": 10, "pretrained_cfg": cfg}
+    (snapshot / "config.json").write_text(json.dumps(config))
+    return weights

@@ -17,7 +17,7 @@ import domainssl
 from domainssl.checkpointing import LAST_CHECKPOINT
 from domainssl.config import load_config, to_yaml
 from domainssl.errors import DomainSSLError
-from domainssl.models.backbones import create_backbone, load_backbone_weights
+from domainssl.models.init_weights import resolve_init
 from domainssl.pretrain import pretrain
 
 
@@ -50,7 +50,7 @@ def test_malicious_backbone_weights_are_refused(suffix: str, tmp_path: Path) -> 
     marker = tmp_path / "marker"
     plant(tmp_path / f"evil{suffix}", marker)
     with pytest.raises(DomainSSLError, match="refused"):
-        load_backbone_weights(create_backbone("resnet10t", 3), tmp_path / f"evil{suffix}")
+        resolve_init(str(tmp_path / f"evil{suffix}"))
     assert not marker.exists()
 
 

@@ -70,7 +70,12 @@ def pretrain(
         Path | None, typer.Option(help="Run folder to continue from its last checkpoint.")
     ] = None,
     init: Annotated[
-        Path | None, typer.Option(help="ORL: a finished pretrain run used as stage 1.")
+        str | None,
+        typer.Option(
+            help="Start from these weights: a run or transfer folder, a weight file, a timm "
+            "name (resnet50.a1_in1k), hf-hub:org/name or torchgeo:<Weights>.<MEMBER> "
+            "(ORL: a finished run is its stage 1)."
+        ),
     ] = None,
     strict: Annotated[
         bool, typer.Option(help="Stop at the first unreadable chip instead of skipping it.")
@@ -94,7 +99,7 @@ def pretrain(
         "trainer.precision": precision,
         "out": out,
         "name": name,
-        "method.orl_init": None if init is None else str(init),
+        "model.init": init,
         "data.strict": True if strict else None,
     }
     if resume is not None:

@@ -19,7 +19,8 @@ from torch import nn
 from domainssl.config import MethodConfig, RunConfig
 from domainssl.io import atomic_write_text
 from domainssl.methods.optim import build_optimizer, warmup_cosine
-from domainssl.models.backbones import create_backbone, load_backbone_weights
+from domainssl.models.backbones import apply_init, create_backbone
+from domainssl.models.init_weights import init_normalization, resolve_init
 from domainssl.views.presets import ViewPipeline, build_views, view_pair
 
 
@@ -136,11 +137,19 @@ class SSLMethod(L.LightningModule, Generic[SettingsT]):
             self.build(data.band_names, data.stats.mean, data.stats.std)
 
     def build(self, band_names: list[str], mean: list[float], std: list[float]) -> None:
-        """Backbone (``in_chans`` = band count, optionally from ``model.init``), views, heads."""
-        model_cfg = self.config.model
-        self.backbone = create_backbone(model_cfg.backbone, len(band_names), model_cfg.small_input)
-        if model_cfg.init is not None:
-            load_backbone_weights(self.backbone, Path(model_cfg.init), model_cfg.adapt_in_chans)
+        """Backbone (``in_chans`` = band count, started from ``model.init``), views, heads."""
+        cfg = self.config.model
+        self.backbone = create_backbone(
+            cfg.backbone, len(band_names), cfg.small_input, cfg.timm_kwargs
+        )
+        self.init_record: dict[str, Any] | None = None
+        if cfg.init is not None:
+            init = resolve_init(cfg.init)
+            self.init_record = apply_init(self.backbone, init, band_names, cfg.adapt_in_chans)
+            mean, std = init_normalization(init, band_names, mean, std, cfg.init_normalization)
+            self.init_record["normalization"] = cfg.init_normalization
+        self.mean, self.std = mean, std
+        """The per-band normalization the views (and so the export) use."""
         self.feature_dim: int = self.backbone.num_features  # type: ignore[assignment]
         self.views: ViewPipeline = build_views(self.config.views, mean, std)
         self.build_heads()
@@ -174,9 +183,10 @@ class SSLMethod(L.LightningModule, Generic[SettingsT]):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Set the learning rate from the run's progress (steps or time budget)."""
         self.progress = self._run_progress()
-        factor = warmup_cosine(self.progress, self.config.optimizer.warmup_fraction)
+        optimizer, continued = self.config.optimizer, self.config.model.init is not None
+        factor = warmup_cosine(self.progress, optimizer.warmup(continued))
         for group in self.optimizers().param_groups:  # type: ignore[union-attr]
-            group["lr"] = self.config.optimizer.lr * factor
+            group["lr"] = optimizer.peak_lr(continued) * factor
 
     def _run_progress(self) -> float:
         """max(step share, time share): the schedule ends with whichever budget ends first."""

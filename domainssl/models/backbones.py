@@ -1,31 +1,45 @@
-"""timm backbones with ``in_chans`` = band count, and explicit first-conv adaptation."""
+"""timm backbones with ``in_chans`` = band count, started from pretrained weights with an
+explicit adaptation of the first convolution to the data's bands."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import timm
 import torch
-from safetensors.torch import load_file
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from torch import nn
 
 from domainssl.errors import DomainSSLError
+from domainssl.models.band_mapping import by_name, mean_repeat
+from domainssl.models.init_weights import InitWeights
+from domainssl.models.weight_layouts import to_timm_layout
 
 
-def create_backbone(name: str, in_chans: int, small_input: bool = False) -> nn.Module:
+def create_backbone(
+    name: str, in_chans: int, small_input: bool = False, timm_kwargs: dict | None = None
+) -> nn.Module:
     """A timm model returning pooled features (B, D); never downloads weights.
 
     Args:
         name: timm model name, e.g. ``resnet18``.
         in_chans: number of input bands.
         small_input: replace the stem max-pool by identity (for chips of 32-64 px).
+        timm_kwargs: more arguments for ``timm.create_model`` (ViTs: ``img_size``,
+            ``patch_size``, ``dynamic_img_size``).
     """
     if name not in timm.list_models():
         raise DomainSSLError(
             f"Unknown backbone {name!r}: use a timm model name such as resnet18, resnet50, "
             "convnext_tiny or vit_small_patch16_224 (timm.list_models() lists them)."
         )
-    model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
+    kwargs = timm_kwargs or {}
+    try:
+        model = timm.create_model(
+            name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs
+        )
+    except TypeError as err:
+        raise DomainSSLError(f"model.timm_kwargs {kwargs} do not fit {name}: {err}") from None
     if small_input and isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
         model.maxpool = nn.Identity()
     return model
@@ -39,58 +53,56 @@ def first_conv_key(model: nn.Module) -> str:
     raise DomainSSLError(f"{type(model).__name__} has no Conv2d to adapt to a band count.")
 
 
-def mean_repeat(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """Adapt first-conv weights (O, C, k, k) to ``in_chans`` bands.
-
-    Every new band gets the mean filter over the old bands, rescaled by C / in_chans so
-    that the layer's response to an input of equal bands keeps its magnitude.
-    """
-    mean = weight.mean(dim=1, keepdim=True)  # (O, 1, k, k)
-    return mean.repeat(1, in_chans, 1, 1) * (weight.shape[1] / in_chans)
-
-
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors from a .safetensors file or a weights-only torch file (no pickle code runs)."""
-    if not path.is_file():
-        raise DomainSSLError(f"Checkpoint {path} not found: check model.init.")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise DomainSSLError(
-            f"{path} cannot be loaded as weights only ({type(err).__name__}). It may hold "
-            "pickled code, which is refused: convert it to .safetensors with a trusted tool."
-        ) from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict):
-        raise DomainSSLError(f"{path} holds no state dict of tensors.")
-    return {k.removeprefix("backbone."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
-def load_backbone_weights(model: nn.Module, path: Path, adapt_in_chans: str = "error") -> None:
-    """Load ``path`` into ``model``; a band-count mismatch needs ``adapt_in_chans``.
+def apply_init(
+    model: nn.Module, init: InitWeights, band_names: list[str], adapt_in_chans: str = "error"
+) -> dict[str, Any]:
+    """Load ``init`` into ``model`` (whose first conv sees ``band_names``); returns what the
+    export records: the source and, when the bands were adapted, how.
 
     Args:
-        model: the backbone (its first conv has the target band count).
-        path: checkpoint file.
-        adapt_in_chans: ``error`` (default) or ``mean_repeat``.
+        model: the backbone.
+        init: the weights (:func:`~domainssl.models.init_weights.resolve_init`).
+        band_names: the data's bands, in order.
+        adapt_in_chans: ``error``, ``mean_repeat`` or ``by_name`` when the weights were
+            trained on other bands than the data's.
     """
-    state = read_weights(path)
+    target = model.state_dict()
+    state = to_timm_layout(init.state, set(target), init.source)
+    record: dict[str, Any] = {"source": init.source, "adapted": None}
     key = first_conv_key(model)
-    target = model.state_dict()[key]
-    if key in state and state[key].shape[1] != target.shape[1]:
-        if adapt_in_chans != "mean_repeat":
+    weights_bands = init.bands or [f"weights band {i + 1}" for i in range(state[key].shape[1])]
+    differ = state[key].shape[1] != len(band_names) or (
+        init.bands is not None
+        and [b.lower() for b in init.bands] != [b.lower() for b in band_names]
+    )
+    if differ and adapt_in_chans == "by_name":
+        state[key], mapping = by_name(state[key], band_names, weights_bands)
+        record["adapted"] = {"how": "by_name", "bands": mapping}
+    elif state[key].shape[1] != len(band_names):
+        if adapt_in_chans == "error":
             raise DomainSSLError(
-                f"{path} was trained on {state[key].shape[1]} bands, the data has "
-                f"{target.shape[1]}. Set model.adapt_in_chans=mean_repeat to adapt the first "
-                "convolution explicitly (mean of its filters, repeated and rescaled)."
+                f"{init.source} was trained on {state[key].shape[1]} bands "
+                f"({', '.join(weights_bands)}), the data has {len(band_names)} "
+                f"({', '.join(band_names)}). Set model.adapt_in_chans=by_name (bands matched "
+                "by name) or mean_repeat (the mean filter for every band) to adapt explicitly."
             )
-        state[key] = mean_repeat(state[key], target.shape[1])
-    # keys the backbone does not have (the checkpoint's own heads) are ignored on purpose
-    missing, _ = model.load_state_dict(state, strict=False)
-    if missing:
-        raise DomainSSLError(
-            f"{path} does not fit this backbone: missing {missing[:5]}... "
-            "Check that model.backbone names the architecture the checkpoint was trained with."
+        state[key] = mean_repeat(state[key], len(band_names))
+        record["adapted"] = {"how": "mean_repeat", "weights_bands": weights_bands}
+    resize_vit_inputs(state, target)
+    model.load_state_dict(state)
+    return record
+
+
+def resize_vit_inputs(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> None:
+    """A ViT's position embeddings and patch projection resampled to ``target``'s grid and
+    patch size (timm's interpolation), so that weights fit any chip size."""
+    if "pos_embed" in state and state["pos_embed"].shape != target["pos_embed"].shape:
+        old, new = state["pos_embed"].shape[1], target["pos_embed"].shape[1]
+        prefix = old - round((old - 1) ** 0.5) ** 2  # class (and register) tokens
+        side = round((new - prefix) ** 0.5)
+        state["pos_embed"] = resample_abs_pos_embed(
+            state["pos_embed"], [side, side], num_prefix_tokens=prefix
         )
+    weight = "patch_embed.proj.weight"
+    if weight in state and state[weight].shape[-2:] != target[weight].shape[-2:]:
+        state[weight] = resample_patch_embed(state[weight], list(target[weight].shape[-2:]))

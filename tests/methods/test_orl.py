@@ -143,7 +143,7 @@ def test_cli_orl_init_reuses_a_run_and_rejects_a_bad_one(tif_chips: Path, tmp_pa
     assert result.exit_code == 0, result.output
     assert "stage 1/3: reusing" in result.output and not (tmp_path / "orl" / "stage1").exists()
     bad = runner.invoke(app, [*orl[:-1], str(tmp_path), "--name", "orl2"])
-    assert bad.exit_code == 2 and "orl_init" in bad.output
+    assert bad.exit_code == 2 and "holds neither an exported backbone" in bad.output
 
 
 def test_cli_object_aware_crops_with_every_method(tif_chips: Path, tmp_path: Path) -> None:

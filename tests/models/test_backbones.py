@@ -7,7 +7,9 @@ import torch
 from safetensors.torch import save_file
 
 from domainssl.errors import DomainSSLError
-from domainssl.models.backbones import create_backbone, load_backbone_weights, mean_repeat
+from domainssl.models.backbones import apply_init, create_backbone
+from domainssl.models.band_mapping import mean_repeat
+from domainssl.models.init_weights import resolve_init
 
 
 def test_any_band_count_gives_pooled_features() -> None:
@@ -35,9 +37,10 @@ def test_band_mismatch_needs_explicit_adaptation(tmp_path: Path) -> None:
     path = tmp_path / "rgb.safetensors"
     save_file({k: v.contiguous() for k, v in rgb.state_dict().items()}, str(path))
     four_band = create_backbone("resnet10t", 4)
-    with pytest.raises(DomainSSLError, match="adapt_in_chans=mean_repeat"):
-        load_backbone_weights(four_band, path)
-    load_backbone_weights(four_band, path, adapt_in_chans="mean_repeat")
+    bands = ["B1", "B2", "B3", "B4"]
+    with pytest.raises(DomainSSLError, match="adapt_in_chans=by_name"):
+        apply_init(four_band, resolve_init(str(path)), bands)
+    apply_init(four_band, resolve_init(str(path)), bands, adapt_in_chans="mean_repeat")
     first = four_band.state_dict()["conv1.0.weight"]
     assert torch.allclose(first, mean_repeat(rgb.state_dict()["conv1.0.weight"], 4))
 
@@ -57,5 +60,5 @@ def test_pickle_checkpoint_is_refused_without_running(tmp_path: Path) -> None:
     marker = tmp_path / "pwned-marker"
     torch.save({"conv1.weight": Evil(marker)}, path)
     with pytest.raises(DomainSSLError, match="pickled code, which is refused"):
-        load_backbone_weights(create_backbone("resnet10t", 3), path)
+        apply_init(create_backbone("resnet10t", 3), resolve_init(str(path)), ["r", "g", "b"])
     assert not marker.exists()

@@ -40,6 +40,11 @@ def _budget(seconds: float | None) -> str | None:
     return None if seconds is None else f"00:00:{max(seconds, MIN_STAGE_S):.1f}"
 
 
+def finished_run(spec: str | None) -> str | None:
+    """``spec`` when it is a finished domainssl pretrain run (then it is ORL's stage 1)."""
+    return spec if spec is not None and (Path(spec) / WEIGHTS).is_file() else None
+
+
 def _settings(config: RunConfig) -> ORLConfig:
     assert isinstance(config.method, ORLConfig)
     return config.method
@@ -66,14 +71,15 @@ def run_orl_stages(config: RunConfig, run_dir: Path, resume: bool, fit: FitStage
     stages23 = _stage_config(
         config,
         {"out": str(run_dir.parent), "name": run_dir.name, "model.init": str(stage1 / WEIGHTS),
-         "trainer.max_time": _budget(left(1.0))},
+         "trainer.max_time": _budget(left(1.0)), "optimizer.init_lr_scale": 1.0,
+         "optimizer.init_warmup_fraction": config.optimizer.warmup_fraction},
     )  # fmt: skip
     fit(stages23, run_dir, resume and (run_dir / LAST_CHECKPOINT).is_file())
 
 
 def _stage_one(config: RunConfig, run_dir: Path, budget: str | None, fit: FitStage) -> Path:
     """The stage-1 run folder: ``method.orl_init``, a finished one, or a new BYOL run."""
-    orl_init = _settings(config).orl_init
+    orl_init = _settings(config).orl_init or finished_run(config.model.init)
     if orl_init is not None:
         stage1 = Path(orl_init)
         if not (stage1 / WEIGHTS).is_file():

@@ -12,9 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from domainssl.export import BackboneMeta, load_backbone, preprocess
+from domainssl.export import BackboneMeta, backbone_for, load_backbone, preprocess
 from domainssl.io import atomic_write_text
-from domainssl.models.backbones import create_backbone
 from domainssl.transfer.classification.finetune import Classifier, FinetuneConfig, finetune, predict
 from domainssl.transfer.classification.knn import KNNHead
 from domainssl.transfer.classification.labeled import PARTS, LabeledSet, load_labeled
@@ -46,7 +45,7 @@ def transfer_classify(
     torch.manual_seed(settings.seed)
     backbone, meta = load_backbone(run_dir)
     if settings.baseline == "random":
-        backbone = create_backbone(meta.timm_name, meta.in_chans, meta.small_input)
+        backbone = backbone_for(meta)
     data = load_labeled(data_path, meta.input_size, meta.in_chans, settings.seed)
     inputs = preprocess(meta, data.images)  # (N, C, S, S)
     backbone = backbone.to(settings.device)
@@ -130,7 +129,7 @@ def write_outputs(
 def load_classifier(model_dir: Path) -> tuple[Classifier, BackboneMeta, dict[str, Any]]:
     """A transfer output folder as (model in eval mode, backbone metadata, model.json)."""
     info, meta, state = read_transfer_output(model_dir, "domainssl transfer")
-    backbone = create_backbone(meta.timm_name, meta.in_chans, meta.small_input)
+    backbone = backbone_for(meta)
     classes = len(info["classes"])
     head: nn.Module
     if info["head"]["kind"] == "knn":

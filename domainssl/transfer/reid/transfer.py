@@ -39,10 +39,9 @@ from domainssl.data.reid import (
     sysu_ids,
 )
 from domainssl.errors import DomainSSLError
-from domainssl.export import BackboneMeta, load_backbone, preprocess
+from domainssl.export import BackboneMeta, backbone_for, load_backbone, preprocess
 from domainssl.io import atomic_write_text
 from domainssl.methods.mmgl import IR_WEIGHTS
-from domainssl.models.backbones import create_backbone
 from domainssl.transfer.reid.metrics import SYSU_LOCATIONS, retrieval_metrics, same_location
 
 PROTOCOLS = {"sysu": ("all", "indoor"), "regdb": ("v2t", "t2v"), "generic": ("ir2rgb", "rgb2ir")}
@@ -73,7 +72,7 @@ class Encoder:
         rgb, self.meta = load_backbone(run_dir)
         random = settings.baseline == "random"
         if random:
-            rgb = create_backbone(self.meta.timm_name, self.meta.in_chans, self.meta.small_input)
+            rgb = backbone_for(self.meta)
         device = settings.device
         if self.meta.in_chans != 3:
             raise DomainSSLError(
@@ -83,7 +82,7 @@ class Encoder:
         self.backbones: dict[int, nn.Module] = {RGB: rgb.to(device), IR: rgb.to(device)}
         self.two_stream = (run_dir / IR_WEIGHTS).is_file() and not random
         if self.two_stream:
-            ir = create_backbone(self.meta.timm_name, 3, self.meta.small_input)
+            ir = backbone_for(self.meta)
             ir.load_state_dict(load_file(str(run_dir / IR_WEIGHTS)))
             self.backbones[IR] = ir.eval().to(device)
         person = self.meta.config.get("data", {}).get("person_size", (288, 144))
