@@ -27,6 +27,7 @@ from domainssl.export import BackboneMeta, export_backbone
 from domainssl.io import atomic_write, atomic_write_text
 from domainssl.methods.base import SSLMethod
 from domainssl.methods.registry import method_spec
+from domainssl.models.backbones import vit_kwargs
 from domainssl.models.init_weights import init_architecture
 from domainssl.paths import SKIPPED_INPUTS
 from domainssl.runinfo import write_run_info
@@ -189,7 +190,7 @@ def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool =
     """
     spec = method_spec(config.method.name)
     check_device_and_precision(config.trainer)
-    config = adopt_init_architecture(config)
+    config = resolved_model(config)
     run_dir = resume if resume is not None else new_run_dir(config)
     fit = partial(fit_and_export, progress_bar=progress_bar)
     inherited = os.environ.get(RUN_DIR_ENV)
@@ -266,14 +267,16 @@ def backbone_meta(config: RunConfig, data: PretrainData, method: SSLMethod) -> B
     )
 
 
-def adopt_init_architecture(config: RunConfig) -> RunConfig:
+def resolved_model(config: RunConfig) -> RunConfig:
     """``config`` with ``model.backbone`` set to the architecture ``model.init`` names (a run
-    folder's, a timm or torchgeo weight's), saying so when it differs."""
-    spec = config.model.init
+    folder's, a timm or torchgeo weight's; said when it differs), and a ViT's ``img_size``,
+    ``patch_size`` and ``dynamic_img_size`` filled in for the views' crop size."""
+    model = config.model
+    spec = model.init
     architecture = init_architecture(spec) if spec is not None else None
-    if architecture is None or architecture == config.model.backbone:
-        return config
-    print(f"model.backbone: {architecture}, the architecture of --init {spec}", flush=True)
-    return config.model_copy(
-        update={"model": config.model.model_copy(update={"backbone": architecture})}
-    )
+    if architecture is not None and architecture != model.backbone:
+        print(f"model.backbone: {architecture}, the architecture of --init {spec}", flush=True)
+        model = model.model_copy(update={"backbone": architecture})
+    crop = getattr(config.views, "crop_size", config.data.sample_size)
+    kwargs = vit_kwargs(model.backbone, crop, model.timm_kwargs)
+    return config.model_copy(update={"model": model.model_copy(update={"timm_kwargs": kwargs})})

@@ -21,8 +21,22 @@ FAST_RUN = [
 ]
 FAST_SECTIONS = {
     "views": {"crop_size": 16},
-    "method": {"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 16, "queue_size": 32},
+    "method": {
+        "proj_hidden_dim": 32,
+        "proj_dim": 16,
+        "pred_hidden_dim": 16,
+        "queue_size": 32,
+        "out_dim": 64,
+        "hidden_dim": 32,
+        "bottleneck_dim": 16,
+        "local_crops": 2,
+        "decoder_dim": 32,
+        "decoder_depth": 1,
+        "decoder_heads": 2,
+    },
 }
+VIT_ONLY = ("mae",)
+"""Methods that need a ViT: their fast runs use a 2-block ViT-Tiny."""
 
 
 def fast(method: str = "simclr", preset: str = "eo") -> list[str]:
@@ -38,6 +52,8 @@ def fast(method: str = "simclr", preset: str = "eo") -> list[str]:
         for key, value in values.items()
         if key in models[section].model_fields
     ]
+    if method in VIT_ONLY:
+        items += ["model.backbone=vit_tiny_patch16_224", "model.timm_kwargs={depth: 2}"]
     return FAST_RUN + items
 
 

@@ -30,6 +30,7 @@ from domainssl.losses.part_cycle import PartCycleContrastiveLoss
 from domainssl.losses.permutation import PermutationRecoveryLoss
 from domainssl.methods.base import ProjectionConfig, SSLMethod
 from domainssl.methods.registry import register_method
+from domainssl.models.backbones import is_vit
 from domainssl.models.heads import mlp
 from domainssl.views.presets import ReidViews
 
@@ -85,6 +86,11 @@ class MMGL(SSLMethod[MMGLConfig]):
                 )
             self.ir_stem = nn.ModuleDict(
                 {name: copy.deepcopy(getattr(self.backbone, name)) for name in STEM}
+            )
+        if is_vit(self.config.model.backbone):
+            raise DomainSSLError(
+                f"MMGL pools horizontal stripes of a CNN's feature maps; "
+                f"{self.config.model.backbone} is a ViT (tokens, no maps): use a ResNet."
             )
         self.stats: dict[str, float] = {}
 

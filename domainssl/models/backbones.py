@@ -45,6 +45,30 @@ def create_backbone(
     return model
 
 
+VIT_MODULES = ("vision_transformer", "deit", "eva")
+"""timm modules whose models are plain ViTs (patch embedding + position embedding + blocks)."""
+
+
+def is_vit(name: str) -> bool:
+    """Whether timm's ``name`` is a plain vision transformer."""
+    try:
+        module = timm.models.model_entrypoint(name).__module__
+    except RuntimeError:
+        return False
+    return module.rsplit(".", 1)[-1] in VIT_MODULES
+
+
+def vit_kwargs(name: str, crop: int, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` with what a ViT needs at chips of ``crop`` px, where not given: ``img_size``
+    = the crop, a patch size that leaves a grid of 4-8 patches a side (4 px up to 32 px
+    crops, 8 px up to 96, else 16), and ``dynamic_img_size`` so that transfer and inference
+    may feed other sizes (position embeddings interpolated). Other backbones: ``given``."""
+    if not is_vit(name):
+        return given
+    patch = 4 if crop <= 32 else 8 if crop <= 96 else 16
+    return {"img_size": crop, "patch_size": patch, "dynamic_img_size": True, **given}
+
+
 def first_conv_key(model: nn.Module) -> str:
     """State-dict key of the weight of the first convolution (the one that sees the bands)."""
     for name, module in model.named_modules():

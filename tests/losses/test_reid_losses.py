@@ -197,3 +197,9 @@ def test_mmgl_needs_reid_views_and_a_resnet_for_two_streams() -> None:
             }
         )
         MMGL(config, ["r", "g", "b"], [0.0] * 3, [1.0] * 3)
+    with pytest.raises(DomainSSLError, match="is a ViT"):
+        config = RunConfig.model_validate(
+            {"model": {"backbone": "vit_tiny_patch16_224", "timm_kwargs": {"img_size": 32}},
+             "views": {"preset": "reid"}, "method": {"name": "mmgl"}}
+        )  # fmt: skip
+        MMGL(config, ["r", "g", "b"], [0.0] * 3, [1.0] * 3)
