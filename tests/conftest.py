@@ -35,7 +35,7 @@ FAST_SECTIONS = {
         "decoder_heads": 2,
     },
 }
-VIT_ONLY = ("mae",)
+VIT_ONLY = ("mae", "ibot")
 """Methods that need a ViT: their fast runs use a 2-block ViT-Tiny."""
 
 

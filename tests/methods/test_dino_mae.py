@@ -1,4 +1,4 @@
-"""DINO and MAE: losses against reference formulas (lightly's code where it has them), the
+"""DINO, iBOT and MAE: losses against reference formulas (lightly's code where it has them), the
 DINO center across 2 gloo processes, masking, and runs on the EO demo whose exports timm
 loads with the recorded ``timm_kwargs``."""
 
@@ -22,6 +22,8 @@ from domainssl.cli import app
 from domainssl.config import RunConfig
 from domainssl.errors import DomainSSLError
 from domainssl.losses.dino import DINOLoss
+from domainssl.losses.koleo import KoLeoLoss
+from domainssl.losses.masked_patches import MaskedPatchDistillation
 from domainssl.losses.masked_pixels import MaskedPixelLoss, patchify
 from domainssl.methods.mae import MAE
 
@@ -147,3 +149,65 @@ def test_dino_short_real_run_does_not_collapse(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args + [f"--set={s}" for s in sets])
     assert result.exit_code == 0, result.output
     assert last_std_ratio(tmp_path / "q") > 0.3
+
+
+def test_masked_patch_distillation_by_hand() -> None:
+    torch.manual_seed(0)
+    teacher, student = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)  # G=1, B=2, N=3, K=4
+    masks = torch.tensor([[[1, 0, 1], [0, 0, 0]]])
+    loss = MaskedPatchDistillation(4, student_temperature=0.1)(teacher, student, masks, 0.05)
+    t = torch.softmax(teacher / 0.05, dim=-1)
+    log_s = torch.log_softmax(student / 0.1, dim=-1)
+    image0 = (-(t[0, 0, 0] * log_s[0, 0, 0]).sum() - (t[0, 0, 2] * log_s[0, 0, 2]).sum()) / 2
+    expected = (image0 + 0.0) / 2  # the second image had no masked patch
+    assert loss.item() == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_koleo_by_hand() -> None:
+    points = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])
+    x = torch.nn.functional.normalize(points, dim=1)
+    nearest = [2, 2, 0]  # 0 and 2 are close; 1 is nearest to 2
+    expected = -sum(torch.log((x[i] - x[j]).norm() + 1e-8) for i, j in enumerate(nearest)) / 3
+    assert KoLeoLoss()(points).item() == pytest.approx(float(expected), rel=1e-5)
+
+
+def patch_center_worker(rank: int, init_file: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 8, 5, 6)  # (G, joined B, N, K)
+    loss = MaskedPatchDistillation(6, center_momentum=0.5)
+    mine = teacher[:, rank * 4 : (rank + 1) * 4]
+    loss(mine, torch.randn_like(mine), torch.ones(2, 4, 5), 0.04)
+    torch.save(loss.center, Path(out) / f"{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ibot_patch_center_on_two_processes_equals_one_process_on_the_joined_batch(
+    tmp_path: Path,
+) -> None:
+    args = (str(tmp_path / "init"), str(tmp_path))
+    mp.spawn(patch_center_worker, args=args, nprocs=2, join=True)
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 8, 5, 6)
+    single = MaskedPatchDistillation(6, center_momentum=0.5)
+    single(teacher, torch.randn_like(teacher), torch.ones(2, 8, 5), 0.04)
+    for rank in (0, 1):
+        assert torch.allclose(torch.load(tmp_path / f"{rank}.pt"), single.center, atol=1e-6)
+
+
+def test_ibot_runs_on_the_demo_and_refuses_a_cnn(tmp_path: Path) -> None:
+    sets = ["data.batch_size=16", "trainer.limit_train_batches=1", "trainer.accelerator=cpu",
+            "data.num_workers=0", "method.local_crops=2", "method.out_dim=256",
+            "method.koleo_weight=0.1"]  # fmt: skip
+    args = ["pretrain", "--method", "ibot", "--backbone", "vit_tiny_patch16_224", "--epochs",
+            "1", "--out", str(tmp_path), "--name", "run"]  # fmt: skip
+    result = CliRunner().invoke(app, args + [f"--set={s}" for s in sets])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "run" / "backbone.json").read_text())
+    model = timm.create_model(
+        meta["timm_name"], in_chans=meta["in_chans"], num_classes=0, **meta["timm_kwargs"]
+    )
+    model.load_state_dict(load_file(tmp_path / "run" / "backbone.safetensors"))
+    cnn = ["pretrain", "--method", "ibot", "--backbone", "resnet10t", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, cnn)
+    assert result.exit_code == 2 and "iBOT masks patch tokens" in result.output
