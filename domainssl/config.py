@@ -177,6 +177,9 @@ class OptimizerConfig(Section):
     """Continued pretraining (``model.init`` set): the peak learning rate is ``lr`` times this."""
     init_warmup_fraction: float = 0.01
     """Continued pretraining: the warmup share (the weights need no long warmup)."""
+    layer_decay: float | None = None
+    """ViT backbones: layer-wise learning-rate decay (e.g. 0.75; block i of L learns at
+    ``layer_decay ** (L - i)`` of the rate): keeps a pretrained init's early layers."""
 
     def peak_lr(self, continued: bool) -> float:
         return self.lr * (self.init_lr_scale if continued else 1.0)

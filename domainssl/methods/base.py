@@ -186,7 +186,7 @@ class SSLMethod(L.LightningModule, Generic[SettingsT]):
         optimizer, continued = self.config.optimizer, self.config.model.init is not None
         factor = warmup_cosine(self.progress, optimizer.warmup(continued))
         for group in self.optimizers().param_groups:  # type: ignore[union-attr]
-            group["lr"] = optimizer.peak_lr(continued) * factor
+            group["lr"] = optimizer.peak_lr(continued) * factor * group.get("lr_scale", 1.0)
 
     def _run_progress(self) -> float:
         """max(step share, time share): the schedule ends with whichever budget ends first."""

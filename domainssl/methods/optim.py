@@ -54,22 +54,46 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weights decay (and get LARS scaling); biases and norm parameters (1-D) do not."""
-    decay: list[nn.Parameter] = []
-    plain: list[nn.Parameter] = []
-    for param in model.parameters():
-        if param.requires_grad:
-            (plain if param.ndim <= 1 else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "lars": True},
-        {"params": plain, "weight_decay": 0.0, "lars": False},
-    ]
+def layer_of(name: str, layers: int) -> int:
+    """Depth of a parameter for layer-wise decay: a ViT backbone's embeddings 0, its block i
+    i + 1, everything else (final norm, heads) ``layers`` + 1."""
+    if name.startswith(("backbone.cls_token", "backbone.pos_embed", "backbone.patch_embed",
+                        "backbone.reg_token")):  # fmt: skip
+        return 0
+    if name.startswith("backbone.blocks."):
+        return int(name.split(".")[2]) + 1
+    return layers + 1
+
+
+def parameter_groups(
+    model: nn.Module, weight_decay: float, layer_decay: float | None = None
+) -> list[dict]:
+    """Weights decay (and get LARS scaling); biases and norm parameters (1-D) do not. With
+    ``layer_decay`` and a ViT backbone (``backbone.blocks``), each group's ``lr_scale`` is
+    ``layer_decay ** (layers + 1 - depth)`` (BEiT, MAE fine-tuning): the embeddings learn
+    least, the heads at the full rate."""
+    blocks = getattr(getattr(model, "backbone", None), "blocks", None)
+    layers = len(blocks) if isinstance(blocks, nn.Sequential) else None
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        depth = 0 if layer_decay is None or layers is None else layer_of(name, layers)
+        scale = (
+            1.0 if layer_decay is None or layers is None else layer_decay ** (layers + 1 - depth)
+        )
+        decays = param.ndim > 1
+        group = groups.setdefault((depth, decays), {
+            "params": [], "weight_decay": weight_decay if decays else 0.0, "lars": decays,
+            "lr_scale": scale,
+        })  # fmt: skip
+        group["params"].append(param)
+    return list(groups.values())
 
 
 def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
     """The optimizer named by ``optimizer.name``."""
-    groups = parameter_groups(model, config.weight_decay)
+    groups = parameter_groups(model, config.weight_decay, config.layer_decay)
     if config.name == "lars":
         return LARS(groups, lr=config.lr, momentum=config.momentum)
     for group in groups:

@@ -8,7 +8,8 @@ from domainssl.config import OptimizerConfig, RunConfig
 from domainssl.methods.base import CollapseMonitor, ema_update, replica_fingerprint
 from domainssl.methods.byol import BYOL, cosine_momentum
 from domainssl.methods.moco import MoCo
-from domainssl.methods.optim import LARS, build_optimizer, warmup_cosine
+from domainssl.methods.optim import LARS, build_optimizer, parameter_groups, warmup_cosine
+from domainssl.methods.simclr import SimCLR
 
 
 def tiny_config(name: str, **method: object) -> RunConfig:
@@ -128,3 +129,20 @@ def test_moco_keys_on_one_process_take_batchnorm_statistics_of_shuffled_halves()
     assert keys.shape == plain.shape and not torch.allclose(keys, plain, atol=1e-4)
     method.settings.shuffle_bn = False
     assert torch.allclose(method.keys(images), plain, atol=1e-6)
+
+
+def test_layer_decay_scales_a_vits_learning_rate_by_depth() -> None:
+    config = RunConfig.model_validate(
+        {"model": {"backbone": "vit_tiny_patch16_224",
+                   "timm_kwargs": {"img_size": 16, "patch_size": 4, "depth": 2}},
+         "views": {"crop_size": 16}, "method": {"name": "simclr"}}
+    )  # fmt: skip
+    method = SimCLR(config, ["a"], [0.0], [1.0])
+    names = {id(p): n for n, p in method.named_parameters()}
+    groups = parameter_groups(method, 0.05, layer_decay=0.5)
+    scales = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
+    assert scales["backbone.patch_embed.proj.weight"] == scales["backbone.pos_embed"] == 0.125
+    assert scales["backbone.blocks.0.attn.qkv.weight"] == 0.25
+    assert scales["backbone.blocks.1.mlp.fc1.bias"] == 0.5
+    assert scales["backbone.norm.weight"] == scales["projector.0.weight"] == 1.0
+    assert {g["lr_scale"] for g in parameter_groups(method, 0.05)} == {1.0}
