@@ -1,5 +1,6 @@
 """Segmentation model: a timm feature encoder carrying the pretrained backbone + a light
-UNet-style decoder that returns logits at input resolution."""
+UNet-style decoder that returns logits at input resolution. A ViT backbone becomes an
+encoder through a simple feature pyramid built from its last block (ViTDet, Li et al. 2022)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from timm.models import FeatureInfo
 from torch import nn
 
 from domainssl.errors import DomainSSLError
-from domainssl.export import BackboneMeta
+from domainssl.export import BackboneMeta, backbone_for
+from domainssl.models.backbones import is_vit
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -54,6 +56,28 @@ class Segmenter(nn.Module):
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class ViTPyramid(nn.Module):
+    """A ViT's last-block patch tokens as a map (stride = patch size) and, from it alone,
+    the other levels of ViTDet's simple feature pyramid: 2x finer (upsampled; ViTDet learns
+    this step, the decoder does here), 2x and 4x coarser (max-pooled). No weights of its own:
+    freezing the encoder freezes exactly the pretrained ViT, whose keys it keeps."""
+
+    def __init__(self, vit: nn.Module) -> None:
+        super().__init__()
+        self.vit = vit
+        self.channels = [int(vit.num_features)] * 4  # type: ignore[arg-type]
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        tokens = self.vit.forward_features(images)  # type: ignore[operator]  # (B, P + N, D)
+        patch: tuple[int, int] = self.vit.patch_embed.patch_size  # type: ignore[union-attr, assignment]
+        height, width = images.shape[-2] // patch[0], images.shape[-1] // patch[1]
+        prefix = int(self.vit.num_prefix_tokens)  # type: ignore[arg-type]
+        grid = tokens[:, prefix:].transpose(1, 2).reshape(len(images), -1, height, width)
+        finer = F.interpolate(grid, scale_factor=2.0, mode="bilinear", align_corners=False)
+        coarse = F.max_pool2d(grid, 2, ceil_mode=True)
+        return [finer, grid, coarse, F.max_pool2d(grid, 4, ceil_mode=True)]
+
+
 def _canonical(key: str) -> str:
     return key.replace("_", ".")
 
@@ -93,6 +117,12 @@ def build_segmenter(
     decoder_width: int = 64,
 ) -> Segmenter:
     """A segmenter whose encoder carries the pretrained backbone (``None``: random init)."""
+    if is_vit(meta.timm_name):
+        vit = backbone_for(meta)
+        if encoder_state is not None:
+            vit.load_state_dict(encoder_state)
+        pyramid = ViTPyramid(vit)
+        return Segmenter(pyramid, pyramid.channels, num_classes, decoder_width)
     encoder = timm.create_model(
         meta.timm_name, pretrained=False, features_only=True, in_chans=meta.in_chans
     )
