@@ -6,11 +6,17 @@ features is fit on a fixed stratified split of the same labeled set (70/10/20, s
 chosen on the validation part).
 
     python bench/eo_quality.py --data ../shared/data/eurosat_rgb5 --max-time 00:20:00
+    python bench/eo_quality.py --data ../shared/data/eurosat_rgb5 --methods dino mae \
+        --vit vit_tiny_patch16_224 --timm-kwargs '{"img_size": 64, "patch_size": 8}' \
+        --set views.crop_size=64 --section eo-quality-vit
+
+With ``--vit``, every run uses that ViT and the random-init row is that ViT.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -37,12 +43,19 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--out", type=Path, default=Path("bench/out/eo_quality"))
     parser.add_argument("--section", default="eo-quality", help="results.md section ('' = none)")
+    parser.add_argument("--vit", help="a timm ViT for every run and the random-init row")
+    parser.add_argument("--timm-kwargs", default="{}", help="JSON: the ViT's img_size, ...")
     args = parser.parse_args()
+    vit_kwargs = json.loads(args.timm_kwargs)
     torch.manual_seed(0)
 
     chips = InMemoryChips(ChipFolder(args.data, size=64), num_workers=2)
     table = ProbeTable(chips.images, chips.labels.numpy(), args.out)
     stats = compute_band_stats(chips, 4096, str(args.data))
+    if args.vit:
+        random_vit = create_backbone(args.vit, 3, False, {**vit_kwargs, "dynamic_img_size": True})
+        table.probe(f"random init ({args.vit}, {vit_kwargs})", random_vit, stats.mean, stats.std)
+        args.sets += [f"model.backbone={args.vit}", f"model.timm_kwargs={args.timm_kwargs}"]
     table.probe(
         "random init (our resnet18, small-input stem)",
         create_backbone("resnet18", 3, True),
@@ -86,6 +99,7 @@ def main() -> None:
             f"({len(chips)} chips, split 70/10/20 seed 0), budget "
             f"{budget_text} per method, 2 CPU cores\n\n"
             f"Command: `python bench/eo_quality.py --data {args.data} --max-time {args.max_time}"
+            f" --methods {' '.join(args.methods)}"
             f"{' '.join([''] + [f'--set {s}' for s in args.sets])}`\n"
         )
         write_section(args.section, header + "\n" + markdown)

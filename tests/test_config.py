@@ -71,7 +71,7 @@ def test_python_object_tags_are_refused(tmp_path: Path) -> None:
 
 def test_unknown_method_lists_shipped_configs() -> None:
     with pytest.raises(DomainSSLError, match="eo/simclr"):
-        load_config("eo", "dino")
+        load_config("eo", "swav")
 
 
 def test_max_time_parsing() -> None:

@@ -53,7 +53,7 @@ def is_vit(name: str) -> bool:
     """Whether timm's ``name`` is a plain vision transformer."""
     try:
         module = timm.models.model_entrypoint(name).__module__
-    except RuntimeError:
+    except (RuntimeError, KeyError):  # not a timm model: create_backbone says so
         return False
     return module.rsplit(".", 1)[-1] in VIT_MODULES
 

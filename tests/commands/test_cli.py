@@ -96,7 +96,7 @@ def test_views_command_writes_png(tif_chips: Path, tmp_path: Path) -> None:
     [
         (["--data", "/no/such/folder"], "does not exist"),
         (["--set", "trainer.epoks=3"], "unknown key 'trainer.epoks'"),
-        (["--method", "dino"], "No config for domain 'eo' and method 'dino'"),
+        (["--method", "swav"], "No config for domain 'eo' and method 'swav'"),
         (["--max-time", "twenty"], "HH:MM:SS"),
         (["--set", "data.in_chans=3"], "has 4 bands but the config expects"),
         (["--backbone", "resnet19"], "Unknown backbone"),
