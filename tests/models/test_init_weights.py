@@ -169,3 +169,21 @@ def test_continued_pretraining_lowers_the_learning_rate_and_shortens_warmup() ->
     optimizer = OptimizerConfig(lr=1.0, warmup_fraction=0.05)
     assert optimizer.peak_lr(False) == 1.0 and optimizer.warmup(False) == 0.05
     assert optimizer.peak_lr(True) == pytest.approx(0.1) and optimizer.warmup(True) == 0.01
+
+
+def test_ema_teachers_start_from_the_init(tmp_path: Path) -> None:
+    from domainssl.config import RunConfig
+    from domainssl.methods.byol import BYOL
+
+    torch.manual_seed(0)
+    source = create_backbone("resnet10t", 3, True)
+    path = tmp_path / "init.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    config = RunConfig.model_validate(
+        {"model": {"backbone": "resnet10t", "init": str(path)}, "views": {"crop_size": 16},
+         "method": {"name": "byol", "proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 8}}
+    )  # fmt: skip
+    method = BYOL(config, ["red", "green", "blue"], [0.0] * 3, [1.0] * 3)
+    for key, value in source.state_dict().items():
+        assert torch.equal(method.backbone.state_dict()[key], value), key
+        assert torch.equal(method.target_backbone.state_dict()[key], value), key
