@@ -91,10 +91,12 @@ def write_slide(
     mpp: float | None = 0.25,
     tissue: list[tuple[int, int, int, int]] | None = None,
     seed: int = 0,
+    gradient: bool = False,
 ) -> Path:
     """A 3-level pyramidal tiled TIFF (generic-tiff for OpenSlide) with resolution tags.
 
     ``tissue`` boxes (x0, y0, x1, y1) in level-0 pixels are stained; the rest is glass.
+    ``gradient``: the stain's red and green vary with x and y, so every place differs.
     """
     import tifffile
 
@@ -103,6 +105,10 @@ def write_slide(
     image[:] = GLASS_RGB
     for x0, y0, x1, y1 in tissue or []:
         image[y0:y1, x0:x1] = TISSUE_RGB
+        if gradient:
+            ys, xs = np.mgrid[y0:y1, x0:x1]
+            image[y0:y1, x0:x1, 0] = 120 + 120 * xs // width
+            image[y0:y1, x0:x1, 1] = 40 + 100 * ys // height
     noise = rng.integers(-6, 7, image.shape)
     image = np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)

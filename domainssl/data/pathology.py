@@ -28,6 +28,11 @@ from domainssl.errors import DomainSSLError, SkippedInputsWarning
 from domainssl.io import atomic_write_text
 
 THUMBNAIL_SIDE = 2048
+SLIDE_SUFFIXES = frozenset(
+    {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff", ".dcm"}
+)
+"""Extensions of whole-slide formats: such a file in a folder is a slide or a named problem,
+never silently dropped."""
 
 
 @dataclass
@@ -60,7 +65,7 @@ def list_slides(path: Path) -> list[Path]:
     elif path.is_file():
         slides = [path]
     else:
-        slides = sorted(p for p in path.iterdir() if p.is_file() and is_slide(p))
+        slides = sorted(p for p in path.iterdir() if p.is_file() and looks_like_slide(p))
     if not slides:
         raise DomainSSLError(
             f"No slides in {path}: give a folder of whole-slide images (SVS, NDPI, MRXS, "
@@ -75,6 +80,23 @@ def is_slide(path: Path) -> bool:
         return openslide.OpenSlide.detect_format(str(path)) is not None
     except Exception:
         return False
+
+
+def looks_like_slide(path: Path) -> bool:
+    """Whether a file is meant as a slide: a slide extension, or a format OpenSlide reads."""
+    return path.suffix.lower() in SLIDE_SUFFIXES or is_slide(path)
+
+
+def not_a_slide(path: Path) -> str | None:
+    """Why OpenSlide will not read ``path`` as a slide (None when it recognises the format)."""
+    if is_slide(path):
+        return None
+    if path.stat().st_size == 0:
+        return "not a slide: the file is empty"
+    return (
+        "not a slide: OpenSlide does not recognise its format (a truncated or corrupt file, "
+        "or a plain TIFF without tiles)"
+    )
 
 
 def slide_resolution(slide: openslide.OpenSlide, path: Path, fallback: float | None) -> float:
@@ -212,6 +234,10 @@ def open_slide_grids(
     """Grids of all slides; unreadable or tissue-free slides are reported and skipped."""
     grids, problems = [], []
     for path in slides:
+        reason = not_a_slide(path)
+        if reason is not None:
+            problems.append(f"{path}: {reason}")
+            continue
         try:
             grid = cached_grid(path, cache_dir, patch_size, mpp, tissue_threshold, slide_mpp)
         except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError) as err:

@@ -135,7 +135,7 @@ def test_a_constant_band_pretrains_with_unit_std(tmp_path: Path) -> None:
 def test_slides_openslide_cannot_open_or_without_resolution(tmp_path: Path) -> None:
     bad = fake_slide(tmp_path / "bad" / "slide.svs")
     code, output = pretrain(tmp_path, bad, domain="pathology")
-    assert_clear_error(code, output, str(bad), "OpenSlide cannot open it", "Check the files")
+    assert_clear_error(code, output, str(bad), "OpenSlide does not recognise", "Check the files")
     bare = slide_without_mpp(tmp_path / "bare" / "slide.tif")
     code, output = pretrain(tmp_path, bare, "--set", "data.kind=slides", domain="pathology")
     assert_clear_error(code, output, str(bare), "no resolution metadata", "data.slide_mpp=")

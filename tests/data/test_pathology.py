@@ -104,7 +104,8 @@ def test_bad_and_empty_slides_are_reported_and_skipped(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match=r"2 of 3 slides skipped") as record:
         grids = open_slide_grids([good, blank, broken], tmp_path / "c", 64, 1.0, 0.5, None)
     message = str(record[0].message)
-    assert "broken.svs: OpenSlide cannot open it" in message and "blank.tif: no tissue" in message
+    assert "broken.svs: not a slide: OpenSlide does not recognise" in message
+    assert "blank.tif: no tissue" in message
     assert [Path(g.path).name for g in grids if g.coords] == ["good.tif"]
 
 
@@ -115,6 +116,17 @@ def test_no_usable_slide_and_empty_folder_stop(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DomainSSLError, match="No slides in"):
         list_slides(tmp_path / "empty")
+
+
+def test_a_folder_scan_keeps_unrecognised_slide_files_to_name_them(tmp_path: Path) -> None:
+    good = write_slide(tmp_path / "slides" / "good.tif", tissue=TISSUE)
+    broken = tmp_path / "slides" / "broken.svs"
+    broken.write_bytes(b"garbage, not a slide")
+    (tmp_path / "slides" / "notes.txt").write_text("not a slide and not named as one")
+    assert list_slides(tmp_path / "slides") == [broken, good]
+    with pytest.warns(UserWarning, match=r"1 of 2 slides skipped") as record:
+        open_slide_grids([broken, good], tmp_path / "c", 64, 1.0, 0.5, None)
+    assert f"{broken}: not a slide" in str(record[0].message)
 
 
 def test_csv_manifest(tmp_path: Path) -> None:

@@ -27,18 +27,18 @@ from domainssl.models.parallel import require_devices
 
 
 def write_output(
-    plan: Plan, partial: PartialRaster, blocks: Iterator[np.ndarray], cog: bool
+    plan: Plan, partial: PartialRaster, blocks: Iterator[np.ndarray], cog: bool, picture: bool
 ) -> list[Path]:
     """Stream encoded rows into ``partial`` and publish it (an embedding map with its PCA
-    picture); the files written."""
+    picture when ``picture``); the files written."""
     spec = plan.spec
     tags = {"task": spec.task, "model": str(plan.model_dir), "tile": plan.grid.tile,
             "stride": plan.grid.stride}  # fmt: skip
     with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB):  # GDAL's default: 5% of RAM
         if plan.kind == "embed":
-            picture = partial.out.with_name(f"{partial.out.stem}_pca.tif")
-            write_embedding(partial, picture, plan.band_names, tags, blocks, cog)
-            return [partial.out, picture]
+            pca = partial.out.with_name(f"{partial.out.stem}_pca.tif") if picture else None
+            write_embedding(partial, pca, plan.band_names, tags, blocks, cog)
+            return [partial.out] + ([pca] if pca else [])
         complete = write_rows(partial, plan.band_names, tags, blocks)
         resampling = "nearest" if plan.kind == "labels" else "average"
         publish_output(partial, complete, cog, resampling)
@@ -60,6 +60,7 @@ def infer_geotiff(
     progress: bool = False,
     resume: bool = False,
     devices: int = 1,
+    picture: bool = True,
 ) -> InferSummary:
     """Run the model of ``model_dir`` over the GeoTIFF ``source`` and write ``out``.
 
@@ -85,6 +86,7 @@ def infer_geotiff(
             starting afresh.
         devices: processes the rows are split across, one device each (CUDA devices, or
             shares of the CPU cores); one output.
+        picture: embeddings: also write the PCA picture.
     """
     start = time.monotonic()
     if devices < 1 or torch.device(device).type == "cuda":
@@ -94,12 +96,12 @@ def infer_geotiff(
     options = RunOptions(device, batch_size, num_workers, amp, progress)
     if devices > 1:
         parts, tiles_run = run_parts(plan, out, partial.rows_done, options, devices, resume)
-        outputs = write_output(plan, partial, joined(plan, out, parts), cog)
+        outputs = write_output(plan, partial, joined(plan, out, parts), cog, picture)
         discard_parts(plan, out, parts)
     else:
         run = RowRun(plan, partial.rows_done, plan.rows, options)
         try:
-            outputs = write_output(plan, partial, run.blocks, cog)
+            outputs = write_output(plan, partial, run.blocks, cog, picture)
         finally:
             run.close()
         tiles_run = run.runner.tiles_run

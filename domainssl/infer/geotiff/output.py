@@ -3,8 +3,6 @@ atomic replacement and the optional cloud-optimized layout."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +18,7 @@ from rasterio.windows import Window
 from domainssl.infer.geotiff.resumable import PartialRaster, publish
 from domainssl.infer.geotiff.stitch import BLOCK, RowBlockWriter
 from domainssl.infer.pca import PcaStretch, Reservoir, write_pca_picture
-from domainssl.io import atomic_write
+from domainssl.io import atomic_write, temporary_beside
 
 
 def base_profile(height: int, width: int, crs: CRS | None, transform: Affine) -> dict[str, Any]:
@@ -35,12 +33,11 @@ def base_profile(height: int, width: int, crs: CRS | None, transform: Affine) ->
 @contextmanager
 def _scratch(beside: Path) -> Iterator[Path]:
     """A temporary file path next to ``beside``, removed on exit."""
-    handle, name = tempfile.mkstemp(dir=beside.parent, prefix=f".{beside.name}.", suffix=".tmp")
-    os.close(handle)
+    path = temporary_beside(beside)
     try:
-        yield Path(name)
+        yield path
     finally:
-        Path(name).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
 
 def write_output(path: Path, write: Callable[[Path], None], cog: bool, resampling: str) -> None:
@@ -106,15 +103,15 @@ def refill(reservoir: Reservoir, path: Path, rows: int) -> None:
 
 def write_embedding(
     partial: PartialRaster,
-    pca_out: Path,
+    pca_out: Path | None,
     names: list[str],
     tags: dict[str, Any],
     blocks: Iterator[np.ndarray],
     cog: bool,
 ) -> None:
     """The (D, H', W') float32 embedding map from its rows (D, n, W') (NaN: nodata),
-    sampling valid cells while it streams; then ``pca_out``, its 3-band uint8 PCA picture,
-    from a second pass over the map."""
+    sampling valid cells while it streams; then ``pca_out`` (unless None), its 3-band uint8
+    PCA picture, from a second pass over the map."""
     reservoir = Reservoir(len(names))
     if partial.rows_done:
         refill(reservoir, partial.path, partial.rows_done)
@@ -124,7 +121,10 @@ def write_embedding(
             reservoir.add(block[:, np.isfinite(block).all(axis=0)].T)  # (n, D)
             yield block
 
-    complete = write_rows(partial, names, tags, sampled())
+    complete = write_rows(partial, names, tags, sampled() if pca_out else blocks)
+    if pca_out is None:
+        publish_output(partial, complete, cog, "average")
+        return
     stretch = PcaStretch.fit(reservoir.vectors())
     pca_profile = {**partial.profile, "count": 3, "dtype": "uint8", "nodata": 0}
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,24 +196,3 @@ def write_geojson(path: Path, predictions: TilePredictions, colours: np.ndarray)
             }
             file.write(("," if index else "") + "\n" + json.dumps(feature))
         file.write("\n]}\n")
-
-
-@contextmanager
-def staged(finals: list[Path]) -> Iterator[list[Path]]:
-    """Temporary paths beside ``finals``, renamed onto them only when the block succeeds;
-    on any error or interrupt they are removed and no final name is touched."""
-    temps: list[Path] = []
-    try:
-        for final in finals:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            handle, name = tempfile.mkstemp(
-                dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"
-            )
-            os.close(handle)
-            temps.append(Path(name))
-        yield temps
-        for temp, final in zip(temps, finals, strict=True):
-            os.replace(temp, final)
-    finally:
-        for temp in temps:
-            temp.unlink(missing_ok=True)

@@ -25,20 +25,20 @@ from tqdm import tqdm
 
 from domainssl.data.pathology import SlideGrid, SlidePatches, build_grid
 from domainssl.errors import DomainSSLError
-from domainssl.export import check_resolution
-from domainssl.infer.models import ModelSpec, Task, load_network, read_model_spec
+from domainssl.export import BackboneMeta, check_resolution
+from domainssl.infer.models import Task, load_network, read_model_spec
 from domainssl.infer.runner import InferSummary, TileRunner
 from domainssl.infer.wsi.heatmap import (
     CELL,
     TilePredictions,
     cell_image,
     class_colours,
-    staged,
     write_csv,
     write_geojson,
     write_pyramid,
     write_thumbnail,
 )
+from domainssl.io import staged
 
 SUFFIXES = ("_tiles.csv", "_tiles.geojson", "_thumbnail.png")
 """Names of the outputs beside the heatmap: ``<out stem><suffix>``."""
@@ -77,10 +77,10 @@ def is_slide_source(path: Path) -> bool:
         return rgb
 
 
-def _read_mpp(spec: ModelSpec, model_dir: Path, mpp: float | None) -> float:
+def read_resolution(meta: BackboneMeta, model_dir: Path, mpp: float | None) -> float:
     """Microns per pixel to read tiles at: ``mpp`` if given (warning when it differs from
     the pretraining resolution), else the one recorded at pretraining."""
-    chosen = mpp if mpp is not None else spec.meta.mpp
+    chosen = mpp if mpp is not None else meta.mpp
     if chosen is None:
         raise DomainSSLError(
             f"The model in {model_dir} records no training resolution (microns per pixel): "
@@ -88,11 +88,11 @@ def _read_mpp(spec: ModelSpec, model_dir: Path, mpp: float | None) -> float:
         )
     if chosen <= 0:
         raise DomainSSLError(f"--mpp must be positive, not {chosen}.")
-    check_resolution(spec.meta, mpp, "Reading the slide")
+    check_resolution(meta, mpp, "Reading the slide")
     return chosen
 
 
-def _slide_grid(
+def tissue_grid(
     source: Path, size: int, mpp: float, tissue_threshold: float, slide_mpp: float | None
 ) -> SlideGrid:
     """The tissue tile grid of ``source`` (clear errors for unreadable, unresolved or
@@ -184,11 +184,11 @@ def infer_slide(
             f"({', '.join(spec.meta.band_names)}) but whole slides are RGB (3 bands): use a "
             "model pretrained on 3-band RGB images."
         )
-    read_mpp = _read_mpp(spec, model_dir, mpp)
+    read_mpp = read_resolution(spec.meta, model_dir, mpp)
     size = tile or spec.default_tile
     if size < 1:
         raise DomainSSLError(f"--tile must be a positive number of pixels, not {size}.")
-    grid = _slide_grid(source, size, read_mpp, tissue_threshold, slide_mpp)
+    grid = tissue_grid(source, size, read_mpp, tissue_threshold, slide_mpp)
     network = load_network(model_dir, spec)
     bar = tqdm(total=len(grid.coords), unit="tile", desc=source.name, disable=not progress)
     runner = TileRunner(network, spec.meta, torch.device(device), amp, bar)
