@@ -29,6 +29,7 @@ from domainssl.embed.slides import SlideSettings, embed_slide, slide_outputs
 from domainssl.errors import DomainSSLError
 from domainssl.export import load_backbone
 from domainssl.infer.runner import TileRunner
+from domainssl.models.inference import for_inference
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,8 @@ class ShardWorker:
         if self._runner is None:
             backbone, meta = load_backbone(self.encoder)
             device = torch.device(self.run.compute.device)
-            self._runner = TileRunner(backbone, meta, device, self.run.compute.amp, self.bar)
+            network = for_inference(backbone)
+            self._runner = TileRunner(network, meta, device, self.run.compute.amp, self.bar)
         return self._runner
 
     def record(self, item: Item, status: Status, count: int, seconds: float, error: str,

@@ -13,6 +13,7 @@ from torch import nn
 
 from domainssl.errors import DomainSSLError
 from domainssl.export import METADATA, WEIGHTS, BackboneMeta, load_backbone, read_meta
+from domainssl.models.inference import for_inference
 from domainssl.transfer.classification.finetune import Classifier
 from domainssl.transfer.classification.transfer import load_classifier
 from domainssl.transfer.outputs import MODEL_METADATA
@@ -82,10 +83,11 @@ class ClassScores(nn.Module):
 
 
 def load_network(model_dir: Path, spec: ModelSpec) -> nn.Module:
-    """The network (eval mode) mapping preprocessed tiles (B, C, T, T) to class probabilities
-    (B, K, T, T) (segment) or (B, K) (classify), or to embeddings (B, D) (embed)."""
+    """The network (eval mode, prepared for inference) mapping preprocessed tiles
+    (B, C, T, T) to class probabilities (B, K, T, T) (segment) or (B, K) (classify), or to
+    embeddings (B, D) (embed)."""
     if spec.task == "segment":
-        return SegmentProbabilities(load_segmenter(model_dir)[0]).eval()
+        return for_inference(SegmentProbabilities(load_segmenter(model_dir)[0]))
     if spec.task == "classify":
-        return ClassScores(load_classifier(model_dir)[0]).eval()
-    return load_backbone(model_dir)[0]
+        return for_inference(ClassScores(load_classifier(model_dir)[0]))
+    return for_inference(load_backbone(model_dir)[0])

@@ -21,6 +21,7 @@ from domainssl.infer.geotiff import resumable as partial_module
 from domainssl.infer.geotiff import streaming
 from domainssl.infer.geotiff.infer import infer_geotiff
 from domainssl.infer.tiles import blend_weights
+from domainssl.models.inference import for_inference
 from domainssl.transfer.classification.transfer import load_classifier
 from domainssl.transfer.segmentation.transfer import load_segmenter
 
@@ -325,7 +326,7 @@ def test_a_resumed_embedding_map_and_picture_equal_an_uninterrupted_run(
     run = partial(infer_geotiff, tile=4, batch_size=64, num_workers=0)
     whole = tmp_path / "whole.tif"
     run(models["embed"], source, whole)
-    backbone, _ = load_backbone(models["embed"])
+    backbone = for_inference(load_backbone(models["embed"])[0])  # as load_network prepares it
 
     class FailsLate(nn.Module):
         def __init__(self) -> None:
