@@ -72,7 +72,7 @@ class Encoder:
         rgb, self.meta = load_backbone(run_dir)
         random = settings.baseline == "random"
         if random:
-            rgb = backbone_for(self.meta)
+            rgb = backbone_for(self.meta).eval()  # BatchNorm with running statistics
         device = settings.device
         if self.meta.in_chans != 3:
             raise DomainSSLError(
