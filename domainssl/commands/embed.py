@@ -11,6 +11,10 @@ import typer
 from domainssl.commands.common import pick_device, user_errors
 from domainssl.errors import DomainSSLError
 
+CPU_READERS = 0
+"""Reader processes on the CPU: the model already uses every core; on 2 cores reading in the
+main process was 12% faster than 2 readers and kept the peak memory flat (`embed-speed`)."""
+
 if TYPE_CHECKING:
     from domainssl.embed.archive import ArchiveRun
 
@@ -52,7 +56,10 @@ def embed(
         int | None, typer.Option(help="Patch / tile side (px); default the model's input size.")
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Default 64 on a GPU, 16 on CPU.")] = None,
-    num_workers: Annotated[int, typer.Option(help="Reader processes per device.")] = 2,
+    num_workers: Annotated[
+        int | None,
+        typer.Option(help="Reader processes per device; default 2 on a GPU, 0 on the CPU."),
+    ] = None,
     shard: Annotated[
         str | None,
         typer.Option(help="I/N: this process's share; default from torchrun / srun, else 0/1."),
@@ -93,7 +100,9 @@ def embed(
         return
     run = _archive_run(
         model, data, out, fmt, dtype, tissue_geojson, mpp, slide_mpp, tissue_threshold, tile,
-        batch_size or (64 if device == "cuda" else 16), num_workers, shard, device,
+        batch_size or (64 if device == "cuda" else 16),
+        num_workers if num_workers is not None else (2 if device == "cuda" else CPU_READERS),
+        shard, device,
         precision == "16-mixed",
     )  # fmt: skip
     _embed_archive(run, devices)
