@@ -6,7 +6,8 @@ The init is a domainssl SimCLR run on EuroSAT (RGB satellite chips); the new dom
 LC25000 lung histology. The adaptation and the from-scratch run are the same method
 (SimCLR, the pathology views and config) on the same unlabeled patches for the same wall
 clock, one after another; only the start differs (``--init`` lowers the peak learning rate
-to 0.1x and shortens the warmup, as it does by default).
+to 0.1x and shortens the warmup, as it does by default; a second continued run keeps the
+from-scratch learning rate and warmup).
 
     python bench/continued_pretraining.py --init bench/out/eo_quality_dino/simclr-002000 \\
         --data ../shared/data/lc25000_lung --max-time 00:10:00
@@ -50,8 +51,15 @@ def main() -> None:
               "--max-time", args.max_time]  # fmt: skip
     continued = [*common, "--init", str(args.init)]
     table.pretrain_and_probe(
-        f"continued from the init, {args.max_time}", f"continued-{budget}", continued
-    )
+        f"continued from the init, {args.max_time} (default: peak LR x0.1, warmup 0.01)",
+        f"continued-{budget}", continued,
+    )  # fmt: skip
+    table.pretrain_and_probe(
+        f"continued from the init, {args.max_time}, the full learning rate and warmup",
+        f"continued-full-lr-{budget}",
+        [*continued, "--set", "optimizer.init_lr_scale=1.0", "--set",
+         "optimizer.init_warmup_fraction=0.05"],
+    )  # fmt: skip
     table.pretrain_and_probe(f"from scratch, {args.max_time}", f"scratch-{budget}", common)
     markdown = table.markdown()
     print(markdown)

@@ -170,6 +170,9 @@ def _embed_archive(run: ArchiveRun, devices: int) -> None:
     if run.compute.device == "cuda":
         from dataclasses import replace
 
-        run = replace(run, compute=replace(run.compute, device=f"cuda:{local_device_index()}"))
+        import torch
+
+        index = local_device_index(torch.cuda.device_count())
+        run = replace(run, compute=replace(run.compute, device=f"cuda:{index}"))
     result = run_shard(run)
     typer.echo(result.line(run.out_dir / MANIFEST))

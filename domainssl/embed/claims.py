@@ -63,10 +63,12 @@ class Shard:
         return items[self.index :: self.count]
 
 
-def local_device_index() -> int:
-    """The GPU of this process on its node: torchrun's ``LOCAL_RANK``, srun's
-    ``SLURM_LOCALID``, else 0."""
-    return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+def local_device_index(visible: int) -> int:
+    """The GPU of this process among the ``visible`` ones: torchrun's ``LOCAL_RANK``, else
+    srun's ``SLURM_LOCALID``, else 0; modulo ``visible``, as srun with ``--gpus-per-task 1``
+    leaves each task one visible GPU whatever its local id."""
+    local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+    return local % max(visible, 1)
 
 
 def _owner() -> dict[str, object]:

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from domainssl.cli import app
 from domainssl.data.pathology import SlideGrid, read_patch
-from domainssl.embed.claims import Shard, try_claim
+from domainssl.embed.claims import Shard, local_device_index, try_claim
 from domainssl.export import load_backbone, preprocess
 
 BOXES = [(256, 256, 768, 640), (1280, 896, 1792, 1280)]
@@ -201,7 +201,7 @@ def test_scene_geoparquet_has_valid_geo_metadata_and_the_raster_footprints(
     assert counted is not None and counted.fetchall() == [(len(frame),)]
 
 
-def test_shards_split_the_items_and_come_from_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shards_and_devices_come_from_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
     items = list(range(7))
     shards = [Shard(i, 3).take(items) for i in range(3)]
     assert sorted(i for shard in shards for i in shard) == items and shards[0] == [0, 3, 6]
@@ -211,6 +211,10 @@ def test_shards_split_the_items_and_come_from_the_launcher(monkeypatch: pytest.M
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert Shard.from_environment() == Shard(1, 2)  # torchrun's variables come first
+    monkeypatch.setenv("SLURM_LOCALID", "3")
+    assert local_device_index(1) == 0  # srun --gpus-per-task 1: one visible GPU per task
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert local_device_index(4) == 2
 
 
 def test_two_concurrent_processes_embed_every_item_exactly_once(
