@@ -131,14 +131,16 @@ class ShardWorker:
                         item.problem, [])  # fmt: skip
             return
         outputs = outputs_of(item, self.run)
+        if all(p.is_file() for p in outputs):  # done by an earlier run
+            self.record(item, "skipped", count_on_disk(outputs), 0.0,
+                        "already done (outputs present)", outputs)  # fmt: skip
+            return
         lock = self.run.out_dir / WORK / "locks" / f"{item.name}.lock"
-        if not all(p.is_file() for p in outputs) and not try_claim(lock):
+        if not try_claim(lock):
             return  # another process is embedding it, and records it
         start = time.monotonic()
         try:
-            if all(p.is_file() for p in outputs):  # done by an earlier run (or just now)
-                self.record(item, "skipped", count_on_disk(outputs), 0.0,
-                            "already done (outputs present)", outputs)  # fmt: skip
+            if all(p.is_file() for p in outputs):  # finished by the lock's previous holder
                 return
             with heartbeat(lock):
                 count = self.embed(item)
