@@ -26,19 +26,23 @@ WKB_POLYGON = np.dtype(
 """A little-endian WKB polygon of one ring of 5 points (the first repeated), packed."""
 
 
-def cell_polygons(transform: Affine, rows: np.ndarray, cols: np.ndarray) -> pa.BinaryArray:
-    """WKB footprints of raster cells (``rows``, ``cols``) under ``transform``; the ring runs
-    counter-clockwise on a north-up raster."""
+def cell_rings(transform: Affine, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(N, 5, 2) x, y of the closed footprint ring of raster cells (``rows``, ``cols``) under
+    ``transform``, counter-clockwise on a north-up raster."""
     corners = np.array([(0, 0), (0, 1), (1, 1), (1, 0), (0, 0)], dtype=np.float64)  # (dc, dr)
     c = cols[:, None] + corners[None, :, 0]  # (N, 5)
     r = rows[:, None] + corners[None, :, 1]
     x = transform.a * c + transform.b * r + transform.c
     y = transform.d * c + transform.e * r + transform.f
+    return np.stack([x, y], axis=2)
+
+
+def cell_polygons(transform: Affine, rows: np.ndarray, cols: np.ndarray) -> pa.BinaryArray:
+    """WKB footprints of raster cells (``rows``, ``cols``) under ``transform``."""
     records = np.zeros(len(rows), WKB_POLYGON)
     records["order"], records["type"], records["rings"], records["points"] = 1, 3, 1, 5
-    records["xy"] = np.stack([x, y], axis=2).reshape(len(rows), 10)
-    size = WKB_POLYGON.itemsize
-    offsets = np.arange(len(rows) + 1, dtype=np.int32) * size
+    records["xy"] = cell_rings(transform, rows, cols).reshape(len(rows), 10)
+    offsets = np.arange(len(rows) + 1, dtype=np.int32) * WKB_POLYGON.itemsize
     return pa.BinaryArray.from_buffers(
         pa.binary(), len(rows), [None, pa.py_buffer(offsets), pa.py_buffer(records.tobytes())]
     )
@@ -50,15 +54,12 @@ def _valid_extent(src: rasterio.DatasetReader) -> tuple[int, list[float] | None]
     count, lows, highs = 0, [], []
     for top in range(0, src.height, ROWS_PER_READ):
         window = Window(0, top, src.width, min(ROWS_PER_READ, src.height - top))
-        valid = np.isfinite(src.read(1, window=window))
-        rows, cols = np.nonzero(valid)
+        rows, cols = np.nonzero(np.isfinite(src.read(1, window=window)))
         if len(rows):
             count += len(rows)
-            polygons = np.frombuffer(
-                cell_polygons(src.transform, rows + top, cols).buffers()[2], WKB_POLYGON
-            )["xy"].reshape(-1, 5, 2)
-            lows.append(polygons.min(axis=(0, 1)))
-            highs.append(polygons.max(axis=(0, 1)))
+            rings = cell_rings(src.transform, rows + top, cols)
+            lows.append(rings.min(axis=(0, 1)))
+            highs.append(rings.max(axis=(0, 1)))
     if not count:
         return 0, None
     low, high = np.min(lows, axis=0), np.max(highs, axis=0)
