@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from domainssl.data.labeled import stratified_split
 from domainssl.export import load_backbone
-from domainssl.transfer.classification.probe import extract_features, linear_probe, stratified_split
+from domainssl.transfer.classification.probe import extract_features, linear_probe
 
 
 class ProbeTable:

@@ -104,12 +104,17 @@ class DataConfig(Section):
     """Where the images come from and how they are batched."""
 
     path: str | None = None
-    """Folder of chips, a GeoTIFF scene, or a folder of scenes; None = embedded demo."""
+    """Folder of chips, a GeoTIFF scene, a folder of scenes, or a torchgeo data set
+    ``torchgeo:<Class>:<root>``; None = embedded demo."""
     kind: Literal["auto", "chips", "scenes", "slides"] = "auto"
     """``chips``: one sample per file; ``scenes``: random windows from large rasters;
     ``slides``: tissue patches of whole-slide images."""
     bands: list[str] | None = None
-    """Band names; by default read from the file (descriptions) or ``B1..Bn``."""
+    """Band names; by default read from the file (descriptions) or ``B1..Bn``. A torchgeo
+    data set reads only these of its bands (by its band names)."""
+    res: float | None = None
+    """torchgeo raster data sets (``--data torchgeo:<Class>:<root>``): resolution in CRS
+    units to read at; None = the class's default (for most, the files' own)."""
     in_chans: int | None = None
     """Expected band count; a file with another count is an error. None = take the data's."""
     sample_size: int = 64
@@ -189,7 +194,9 @@ class OptimizerConfig(Section):
 
 
 class TrainerConfig(Section):
-    epochs: int = 30
+    epochs: int | None = 30
+    """Maximum epochs. ``pretrain --max-time`` without ``--epochs`` sets None: train until the
+    time budget is spent. With both, whichever ends first stops the run."""
     limit_train_batches: int | float = 1.0
     """Batches per epoch: a share (float) or a count (int); for quick checks."""
     max_time: str | None = None
@@ -209,8 +216,21 @@ class TrainerConfig(Section):
     """Also write it every this many optimizer steps (a mid-epoch resume is not replayed
     batch for batch; epoch-end checkpoints are)."""
     log_every_n_steps: int = 10
+    """Log loss and learning rate every this many steps (every step when an epoch is shorter)."""
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = ["tensorboard"]
+    """Where metrics go besides ``metrics.csv`` (always written); [] for none."""
+    progress_every_s: float = 30.0
+    """Seconds between progress lines when the output is a file or pipe, not a terminal."""
     collapse_threshold: float = 0.1
     """Warn when the embedding std falls below this share of its healthy value 1/sqrt(dim)."""
+    monitor: str | None = None
+    """A labeled set (``--monitor``: class folders or a ``path,label`` CSV, as ``transfer``
+    reads) scored by a cosine kNN on the backbone's frozen features during training, logged
+    as ``monitor/knn_acc``; None = no monitor."""
+    monitor_every_n_epochs: int = 1
+    """Score the monitor set after every this many epochs (and after the last)."""
+    monitor_max_samples: int = 5000
+    """At most this many images of the monitor set are kept (a seeded subset of each part)."""
 
     @field_validator("max_time")
     @classmethod
@@ -218,6 +238,12 @@ class TrainerConfig(Section):
         if value is not None:
             parse_duration(value)
         return value
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> TrainerConfig:
+        if self.epochs is None and self.max_time is None:
+            raise ValueError("trainer.epochs is null and no trainer.max_time: give one of them")
+        return self
 
     @property
     def max_time_s(self) -> float | None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import shutil
 import time
 import warnings
+from collections.abc import Sequence
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -14,22 +16,33 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Timer, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import Callback, Timer
+from lightning.pytorch.loggers import (
+    CSVLogger,
+    Logger,
+    MLFlowLogger,
+    TensorBoardLogger,
+    WandbLogger,
+)
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from domainssl.checkpointing import LAST_CHECKPOINT, AtomicCheckpointIO, PeriodicCheckpoint
 from domainssl.config import RunConfig, TrainerConfig, to_yaml
+from domainssl.console import say, set_verbosity, verbosity
 from domainssl.data.datamodule import PretrainData
 from domainssl.errors import DomainSSLError
 from domainssl.export import BackboneMeta, export_backbone
 from domainssl.io import atomic_write, atomic_write_text
 from domainssl.methods.base import SSLMethod
+from domainssl.methods.knn_monitor import KnnMonitor
 from domainssl.methods.registry import method_spec
 from domainssl.models.backbones import vit_kwargs
 from domainssl.models.init_weights import init_architecture
 from domainssl.paths import SKIPPED_INPUTS
+from domainssl.progress import RunProgress
+from domainssl.run_report import record_session, stop_reason, write_run_report
 from domainssl.runinfo import write_run_info
 
 warnings.filterwarnings(  # by design: views are made on the device by the method's hook
@@ -141,8 +154,8 @@ def check_device_and_precision(cfg: TrainerConfig) -> None:
 
 
 def build_trainer(config: RunConfig, run_dir: Path, progress_bar: bool = True) -> L.Trainer:
-    """A Lightning Trainer writing checkpoints and metrics.csv into ``run_dir``; samplers
-    are ours (rank-aware), not Lightning's distributed replacement."""
+    """A Lightning Trainer writing checkpoints, metrics.csv and the configured loggers into
+    ``run_dir``; samplers are ours (rank-aware), not Lightning's distributed replacement."""
     cfg = config.trainer
     callbacks: list[Any] = [
         PeriodicCheckpoint(
@@ -150,12 +163,15 @@ def build_trainer(config: RunConfig, run_dir: Path, progress_bar: bool = True) -
             cfg.checkpoint_every_n_epochs,
             cfg.checkpoint_every_minutes,
             cfg.checkpoint_every_n_steps,
-        )
+        ),
+        LogShortEpochs(),
     ]
-    if cfg.max_time_s is not None:
-        callbacks.append(BudgetTimer(timedelta(seconds=cfg.max_time_s)))
+    budget = None if cfg.max_time_s is None else timedelta(seconds=cfg.max_time_s)
+    callbacks.append(BudgetTimer(budget, verbose=False))  # also times runs without a budget
+    if cfg.monitor is not None:
+        callbacks.append(KnnMonitor.from_config(config))
     if progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=1))
+        callbacks.append(RunProgress(cfg.progress_every_s))
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
@@ -163,18 +179,60 @@ def build_trainer(config: RunConfig, run_dir: Path, progress_bar: bool = True) -
         strategy=training_strategy(cfg),
         precision=cfg.precision,  # type: ignore[arg-type]
         sync_batchnorm=cfg.sync_batchnorm,
-        max_epochs=cfg.epochs,
+        max_epochs=-1 if cfg.epochs is None else cfg.epochs,  # -1: until the budget is spent
         limit_train_batches=cfg.limit_train_batches,
         use_distributed_sampler=False,
-        logger=CSVLogger(run_dir, name=SESSION_LOGS, version=""),
+        logger=build_loggers(cfg.loggers, run_dir),
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         enable_checkpointing=False,  # PeriodicCheckpoint writes last.ckpt
         default_root_dir=run_dir,
         enable_model_summary=False,
-        enable_progress_bar=progress_bar,
+        enable_progress_bar=False,  # RunProgress: one display for the whole run
         log_every_n_steps=cfg.log_every_n_steps,
     )
+
+
+class LogShortEpochs(Callback):
+    """With fewer batches per epoch than ``log_every_n_steps``, log every step, so that a
+    short run still has its loss and learning-rate curves."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        batches, every = trainer.num_training_batches, trainer.log_every_n_steps  # type: ignore[attr-defined]
+        if isinstance(batches, int) and batches < every:
+            trainer.log_every_n_steps = 1  # type: ignore[attr-defined]
+
+
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def require_logger_packages(names: Sequence[str]) -> None:
+    """A logger whose package is not installed is a clear error before anything runs."""
+    for name in names:
+        package = LOGGER_PACKAGES[name]
+        if importlib.util.find_spec(package) is None:
+            raise DomainSSLError(
+                f"--logger {name} needs the {package} package, which is not installed: "
+                f"pip install {package} (or leave {name} out of --logger)."
+            )
+
+
+def build_loggers(names: Sequence[str], run_dir: Path) -> list[Logger]:
+    """``metrics.csv`` (always; merged over sessions) plus the named loggers: TensorBoard
+    events in ``run_dir/tensorboard``, Weights & Biases or MLflow (their packages needed)."""
+    require_logger_packages(names)
+    loggers: list[Logger] = [CSVLogger(run_dir, name=SESSION_LOGS, version="")]
+    for name in names:
+        if name == "tensorboard":
+            loggers.append(
+                TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)
+            )
+        elif name == "wandb":
+            loggers.append(WandbLogger(name=run_dir.name, save_dir=run_dir, project="domainssl"))
+        else:
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").resolve().as_uri()
+            loggers.append(MLFlowLogger("domainssl", run_name=run_dir.name, tracking_uri=uri))
+    return loggers
 
 
 def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool = True) -> Path:
@@ -186,10 +244,12 @@ def pretrain(config: RunConfig, resume: Path | None = None, progress_bar: bool =
     Args:
         config: the resolved run config.
         resume: a run folder to continue from its ``checkpoints/last.ckpt``.
-        progress_bar: show Lightning's progress bar.
+        progress_bar: show the run's progress display.
     """
     spec = method_spec(config.method.name)
+    set_verbosity(verbosity())  # the library noise filtered for API callers too
     check_device_and_precision(config.trainer)
+    require_logger_packages(config.trainer.loggers)
     config = resolved_model(config)
     run_dir = resume if resume is not None else new_run_dir(config)
     fit = partial(fit_and_export, progress_bar=progress_bar)
@@ -229,11 +289,18 @@ def fit_and_export(
     datamodule = spec.data(config, run_dir)
     method = spec.module(config)
     trainer = build_trainer(config, run_dir, progress_bar)
+    images_per_step = config.data.batch_size * trainer.world_size
     try:
         trainer.fit(method, datamodule=datamodule, ckpt_path=checkpoint if resume else None)
     except DomainSSLError:
         if is_new and trainer.is_global_zero:  # bad data: leave no empty run folder behind
             shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    except SIGTERMException:  # checkpointed by PeriodicCheckpoint; say how far it got
+        if trainer.is_global_zero:
+            merge_metrics(run_dir)
+            record_session(run_dir, trainer, images_per_step, "signal")
+            write_run_report(run_dir)
         raise
     trainer.save_checkpoint(checkpoint, weights_only=False)
     if trainer.is_global_zero:
@@ -242,6 +309,8 @@ def fit_and_export(
         export_backbone(method.backbone, backbone_meta(config, data, method), run_dir)
         if data.skipped:
             atomic_write_text(run_dir / SKIPPED_INPUTS, "\n".join(data.skipped) + "\n")
+        record_session(run_dir, trainer, images_per_step, stop_reason(trainer))
+        write_run_report(run_dir)
 
 
 def backbone_meta(config: RunConfig, data: PretrainData, method: SSLMethod) -> BackboneMeta:
@@ -275,7 +344,7 @@ def resolved_model(config: RunConfig) -> RunConfig:
     spec = model.init
     architecture = init_architecture(spec) if spec is not None else None
     if architecture is not None and architecture != model.backbone:
-        print(f"model.backbone: {architecture}, the architecture of --init {spec}", flush=True)
+        say(f"model.backbone: {architecture}, the architecture of --init {spec}")
         model = model.model_copy(update={"backbone": architecture})
     crop = getattr(config.views, "crop_size", config.data.sample_size)
     kwargs = vit_kwargs(model.backbone, crop, model.timm_kwargs)

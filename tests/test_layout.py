@@ -3,7 +3,8 @@
 Every ``import`` statement counts, also those inside functions (deferred imports still make
 a cycle). The layers are DESIGN.md's: cli -> commands -> pretrain / transfer / embed /
 infer -> methods, export -> losses, views, data, models, config; below them the
-foundations every layer may use (errors, io, paths, checkpointing, run info).
+foundations every layer may use (errors, io, paths, checkpointing, run info, the console,
+the progress display and the look of reports).
 """
 
 from __future__ import annotations
@@ -15,10 +16,20 @@ import domainssl
 
 PACKAGE = Path(domainssl.__file__).parent
 LAYERS = [
-    {"errors", "io", "paths", "checkpointing", "runinfo", "__init__"},
+    {
+        "errors",
+        "io",
+        "paths",
+        "checkpointing",
+        "runinfo",
+        "console",
+        "progress",
+        "reports",
+        "__init__",
+    },
     {"losses", "views", "data", "models", "config"},
     {"methods", "export"},
-    {"pretrain", "transfer", "embed", "infer"},
+    {"pretrain", "run_report", "transfer", "embed", "infer"},
     {"commands"},
     {"cli", "__main__"},
 ]

@@ -95,10 +95,18 @@ def test_signal_saves_checkpoint_then_resume_finishes(
     assert "saved" in output and "--resume" in output, output[-3000:]
     assert checkpoint_step(run_dir) == 2  # saved by the signal, not by the schedule
     assert not (run_dir / "backbone.safetensors").exists()
+    report = (run_dir / "report.md").read_text()
+    assert "it was stopped (SIGTERM / Ctrl-C) and checkpointed: 0 epochs, 2 steps" in report
+    assert f"domainssl pretrain --resume {run_dir}" in report and "No export yet" in report
     resumed = run(["pretrain", "--resume", str(run_dir)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert checkpoint_step(run_dir) == EPOCHS * STEPS_PER_EPOCH
     assert (run_dir / "backbone.safetensors").is_file()
+    report = (run_dir / "report.md").read_text()
+    assert f"its last epoch was done: {EPOCHS} epochs, 9 steps" in report
+    assert "over 2 sessions" in report and (run_dir / "curves.png").is_file()
+    steps = [row.split(",")[1] for row in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert "0" in steps and "8" in steps  # both sessions' rows in the curves
 
 
 def test_step_interval_writes_checkpoints(tif_chips: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from typer.core import TyperCommand
 
+from domainssl.console import Verbosity, set_verbosity
 from domainssl.errors import DomainSSLError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,7 +64,27 @@ Method = Annotated[
     str | None, typer.Option(help="SSL method (default simclr); the methods are listed below.")
 ]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML run config to use.")]
-Data = Annotated[str | None, typer.Option(help="Folder of chips or GeoTIFF scene(s).")]
+Data = Annotated[
+    str | None,
+    typer.Option(
+        help="Folder of chips or images, GeoTIFF scene(s), slides, or torchgeo:<Class>:<root>."
+    ),
+]
 Sets = Annotated[
     list[str] | None, typer.Option("--set", help="Override any key: section.key=value.")
 ]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Only warnings, errors and the final summary.")
+]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Also every library message (Lightning's).")
+]
+
+
+def apply_verbosity(quiet: bool, verbose: bool) -> Verbosity:
+    """Set this process's console verbosity from ``--quiet`` / ``--verbose``."""
+    if quiet and verbose:
+        raise DomainSSLError("Give --quiet or --verbose, not both.")
+    level = Verbosity.QUIET if quiet else Verbosity.VERBOSE if verbose else Verbosity.NORMAL
+    set_verbosity(level)
+    return level

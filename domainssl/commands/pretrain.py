@@ -12,7 +12,10 @@ from domainssl.commands.common import (
     Data,
     Domain,
     Method,
+    Quiet,
     Sets,
+    Verbose,
+    apply_verbosity,
     parse_devices,
     user_errors,
 )
@@ -25,6 +28,7 @@ from domainssl.config import (
     set_dotted,
     without_foreign_keys,
 )
+from domainssl.console import Verbosity
 from domainssl.errors import DomainSSLError
 from domainssl.paths import SKIPPED_INPUTS
 
@@ -32,7 +36,10 @@ RUN_FILES = {
     "config.yaml": "resolved run config",
     "environment.json": "package versions and git commit",
     "band_stats.json": "per-band mean/std used for normalization",
+    "report.md": "READ FIRST: what ran, why it stopped, curves, next commands",
+    "curves.png": "loss, learning rate, collapse signals, kNN monitor over steps",
     "metrics.csv": "loss, learning rate and embedding std per step/epoch",
+    "tensorboard": "TensorBoard events (tensorboard --logdir <out>)",
     "checkpoints/last.ckpt": "full training state (for --resume)",
     "backbone.safetensors": "pretrained backbone weights",
     "backbone.json": "backbone metadata: timm name, bands, mean/std, method",
@@ -77,11 +84,28 @@ def pretrain(
             "(ORL: a finished run is its stage 1)."
         ),
     ] = None,
+    monitor: Annotated[
+        str | None,
+        typer.Option(
+            help="Labeled set (class folders or path,label CSV) scored by a kNN on the frozen "
+            "features every trainer.monitor_every_n_epochs epochs: monitor/knn_acc."
+        ),
+    ] = None,
     strict: Annotated[
         bool, typer.Option(help="Stop at the first unreadable chip instead of skipping it.")
     ] = False,
+    logger: Annotated[
+        str | None,
+        typer.Option(
+            help="Loggers besides metrics.csv: tensorboard (default), wandb, mlflow, "
+            "comma-separated, or none."
+        ),
+    ] = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Pretrain an encoder with self-supervised learning and export its backbone."""
+    level = apply_verbosity(quiet, verbose)
     from domainssl.pretrain import pretrain as run_pretraining  # registers the methods
 
     if magnification is not None:
@@ -100,14 +124,43 @@ def pretrain(
         "out": out,
         "name": name,
         "model.init": init,
+        "trainer.monitor": monitor,
         "data.strict": True if strict else None,
+        "trainer.loggers": parse_loggers(logger),
     }
     if resume is not None:
         run_config = resumed_config(resume, overrides, set_ or [])
     else:
         run_config = load_config(domain, method, config, overrides, set_)
-    run_dir = run_pretraining(run_config, resume=resume)
+    given = (
+        epochs is not None
+        or _sets_key(set_ or [], "trainer.epochs")
+        or (config is not None and read_yaml(config).get("trainer", {}).get("epochs") is not None)
+    )
+    run_config = until_budget(run_config, epochs_given=given)
+    run_dir = run_pretraining(run_config, resume=resume, progress_bar=level >= Verbosity.NORMAL)
     describe_run(run_dir)
+
+
+def parse_loggers(option: str | None) -> list[str] | None:
+    """``--logger tensorboard,wandb`` -> the list; ``none`` -> []; not given -> None."""
+    if option is None:
+        return None
+    names = [name.strip() for name in option.split(",") if name.strip()]
+    return [] if names == ["none"] else names
+
+
+def _sets_key(sets: list[str], key: str) -> bool:
+    return any(item.split("=", 1)[0].strip() == key for item in sets)
+
+
+def until_budget(config: RunConfig, epochs_given: bool) -> RunConfig:
+    """A time budget without an epoch count trains until the budget is spent: the config
+    file's epochs are a default for runs without a budget, not a limit on one."""
+    if config.trainer.max_time is None or epochs_given:
+        return config
+    trainer = config.trainer.model_copy(update={"epochs": None})
+    return config.model_copy(update={"trainer": trainer})
 
 
 def mpp_of_magnification(magnification: float, mpp: float | None) -> float:
@@ -132,12 +185,24 @@ def resumed_config(run_dir: Path, overrides: dict[str, Any], sets: list[str]) ->
 
 
 def describe_run(run_dir: Path) -> None:
-    """Print where the run folder is and what it holds."""
+    """Print why the run stopped, where the run folder is and what it holds."""
+    from domainssl.run_report import STOPPED, read_sessions
+
+    sessions = read_sessions(run_dir)
+    if sessions:
+        last = sessions[-1]
+        typer.echo(
+            f"\nStopped because {STOPPED[last['stopped_by']]}: epoch {last['epochs']}, step "
+            f"{last['steps']}, {last['seconds'] / 60:.1f} min of training, "
+            f"{last['images_per_second']:.0f} images/s."
+        )
     typer.secho(f"\nRun folder: {run_dir.resolve()}", fg=typer.colors.GREEN, bold=True)
     for relative, meaning in RUN_FILES.items():
         path = run_dir / relative
         if path.exists():
-            typer.echo(f"  {relative:<24} {path.stat().st_size / 1e6:8.2f} MB  {meaning}")
+            files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+            size = sum(file.stat().st_size for file in files)
+            typer.echo(f"  {relative:<24} {size / 1e6:8.2f} MB  {meaning}")
     skipped = run_dir / SKIPPED_INPUTS
     if skipped.is_file():
         lines = skipped.read_text().splitlines()

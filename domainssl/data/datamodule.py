@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from domainssl.config import DataConfig, RunConfig
+from domainssl.console import say
 from domainssl.data.eo import SceneWindows, list_scenes
 from domainssl.data.folder import ChipFolder, ImageTransform, InMemoryChips, apply_transform
 from domainssl.data.imageio import IMAGE_SUFFIXES, RGB_NAMES
@@ -35,6 +36,7 @@ from domainssl.data.samplers import (
 )
 from domainssl.data.stain_setup import StainSetup
 from domainssl.data.stats import BandStats, compute_band_stats
+from domainssl.data.torchgeo_source import TorchGeoWindows, is_torchgeo_spec, torchgeo_dataset
 from domainssl.errors import DomainSSLError, SkippedInputsWarning
 from domainssl.paths import DATASETS_DIR, REPO_ROOT, repo_resource
 from domainssl.views.proposals import ProposalSettings
@@ -72,6 +74,8 @@ def resolve_data_path(config: DataConfig, domain: str) -> Path:
     A relative path that does not exist from the current folder is looked up from the
     repository root, where the shipped configs point (``datasets/...``).
     """
+    if config.path is not None and is_torchgeo_spec(config.path):
+        return Path(config.path)  # torchgeo:<Class>:<root>, parsed when the dataset is built
     if config.path is None:
         if domain not in DEMO_DATA:
             raise DomainSSLError(f"--domain {domain} has no embedded demo data. {DATA_HELP}")
@@ -86,8 +90,10 @@ def detect_kind(path: Path, kind: str, domain: str) -> str:
     """Scenes for a GeoTIFF file; slides for a slide, CSV or folder of slides; else chips.
 
     A folder holds chips unless ``data.kind`` says otherwise, or, in pathology, it
-    holds slides.
+    holds slides. ``torchgeo:<Class>:<root>`` is a torchgeo data set.
     """
+    if is_torchgeo_spec(path):
+        return "torchgeo"
     if kind != "auto":
         return kind
     if domain == "pathology":
@@ -107,6 +113,8 @@ def build_dataset(
     if domain == "reid":
         return PersonImages(training_images(path), config.person_size), list(RGB_NAMES)
     kind = detect_kind(path, config.kind, domain)
+    if kind == "torchgeo":
+        return torchgeo_dataset(str(path), config, seed)
     if kind == "scenes":
         scenes = SceneWindows(
             list_scenes(path),
@@ -232,9 +240,10 @@ def train_loader(
 
 def draws_at_random(dataset: Dataset) -> bool:
     """Whether ``dataset`` (under any wrapper) is random draws: scene windows, slide patches."""
-    while not isinstance(dataset, SceneWindows | SlidePatches) and hasattr(dataset, "source"):
+    draws = SceneWindows | TorchGeoWindows | SlidePatches
+    while not isinstance(dataset, draws) and hasattr(dataset, "source"):
         dataset = dataset.source
-    return isinstance(dataset, SceneWindows) or (
+    return isinstance(dataset, SceneWindows | TorchGeoWindows) or (
         isinstance(dataset, SlidePatches) and dataset.random
     )
 
@@ -282,7 +291,7 @@ class PretrainDataModule(L.LightningDataModule):
         if self._data is None:
             self._data = self.build()
         self.preparation_seconds = time.monotonic() - start
-        print(f"Data prepared in {self.preparation_seconds:.1f} s: {self._data.source}", flush=True)
+        say(f"Data prepared in {self.preparation_seconds:.1f} s: {self._data.source}")
 
     def setup(self, stage: str) -> None:
         """Build the dataset from the run folder's caches (a no-op when already built)."""

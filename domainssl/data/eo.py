@@ -13,8 +13,8 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
-from domainssl.data.folder import Sample, to_tensor
-from domainssl.data.imageio import IMAGE_SUFFIXES, band_names_of, check_dtype
+from domainssl.data.folder import Sample, list_images, to_tensor
+from domainssl.data.imageio import PIL_SUFFIXES, RGB_NAMES, band_names_of, check_dtype
 from domainssl.data.samplers import draw_generator
 from domainssl.errors import DomainSSLError
 
@@ -22,18 +22,11 @@ MAX_DRAWS = 200  # a scene 90% nodata still yields a window with odds 1 - 0.9**2
 
 
 def list_scenes(path: Path) -> list[Path]:
-    """A single raster, or every raster (GeoTIFF, or large PNG/JPEG such as pathology
-    regions of interest) directly inside a folder."""
+    """A single raster, or every raster (GeoTIFF, or large PNG/JPEG/TIFF such as pathology
+    regions of interest) in a folder and its subfolders."""
     if not path.exists():
         raise DomainSSLError(f"Data path {path} does not exist: check --data.")
-    if path.is_file():
-        return [path]
-    scenes = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not scenes:
-        raise DomainSSLError(
-            f"Folder {path} holds no scenes ({', '.join(sorted(IMAGE_SUFFIXES))})."
-        )
-    return scenes
+    return [path] if path.is_file() else list_images(path)
 
 
 def open_raster(path: Path) -> rasterio.DatasetReader:
@@ -94,6 +87,8 @@ class SceneWindows(Dataset[Sample]):
                 shapes.append((src.count, src.height, src.width))
                 nodata.append(src.nodata)
                 names = band_names_of(src.descriptions)
+                if path.suffix.lower() in PIL_SUFFIXES and src.count == len(RGB_NAMES):
+                    names = list(RGB_NAMES)  # as the chip reader names JPEG/PNG bands
         counts = {c for c, _, _ in shapes}
         if len(counts) > 1:
             raise DomainSSLError(

@@ -5,8 +5,14 @@ On-disk layouts of ``--data`` (as the data sets are released; neither can be bun
 * SYSU-MM01 (Wu et al. 2017): ``cam1`` .. ``cam6``, each ``<pid:04d>/<n:04d>.jpg``; cams 3
   and 6 are infrared; ``exp/train_id.txt``, ``exp/val_id.txt``, ``exp/test_id.txt`` hold
   comma-separated identities.
+  Optional ``exp/rand_perm_cam.mat``: the fixed gallery draws of the data set's evaluation
+  code (:func:`read_sysu_draws`).
 * RegDB (Nguyen et al. 2017): ``Visible/`` and ``Thermal/`` images listed by the split files
   ``idx/{train,test}_{visible,thermal}_<trial>.txt`` (lines ``relative/path.bmp label``).
+* LLCM (Zhang & Wang 2023): training images listed by ``idx/train_vis.txt`` and
+  ``idx/train_nir.txt`` (lines ``relative/path.jpg label``); test images in
+  ``test_vis/cam<k>/<pid:04d>/`` and ``test_nir/cam<k>/<pid:04d>/`` of the identities in
+  ``idx/test_id.txt`` (comma-separated), read as the authors' DEEN code reads them.
 * Generic: ``rgb/<pid>/*.jpg`` and ``ir/<pid>/*.jpg`` (any PIL-readable image).
 
 Samplers: :class:`ModalityPairSampler` pairs unpaired RGB and IR images (MMGL pretraining);
@@ -15,6 +21,7 @@ Samplers: :class:`ModalityPairSampler` pairs unpaired RGB and IR images (MMGL pr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from scipy.io import loadmat
+from scipy.io.matlab import MatReadError
 from torch.utils.data import Dataset, Sampler
 
 from domainssl.data.samplers import EpochSampler, Shard, first_epoch, stream_seed
@@ -33,11 +42,20 @@ RGB, IR = 0, 1
 SYSU_IR_CAMS = (3, 6)
 SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 DATA_HELP = (
-    "RGB-infrared re-ID data cannot be bundled: request SYSU-MM01 or RegDB from their authors "
-    "(see README, 'RGB-infrared re-identification') and pass --data with the unpacked folder "
-    "(SYSU-MM01: cam1..cam6 + exp/; RegDB: Visible/, Thermal/, idx/; or rgb/<id>/, ir/<id>/)."
+    "RGB-infrared re-ID data cannot be bundled: request SYSU-MM01, RegDB or LLCM from their "
+    "authors (see README, 'RGB-infrared re-identification') and pass --data with the unpacked "
+    "folder (SYSU-MM01: cam1..cam6 + exp/; RegDB: Visible/, Thermal/, idx/; LLCM: idx/, "
+    "test_vis/, test_nir/ and the training images; or rgb/<id>/, ir/<id>/)."
 )
-Layout = Literal["sysu", "regdb", "generic"]
+Layout = Literal["sysu", "regdb", "llcm", "generic"]
+SYSU_DRAWS = Path("exp") / "rand_perm_cam.mat"
+"""SYSU-MM01's fixed gallery draws, where the data set's evaluation code keeps them
+(``evaluation/data_split/rand_perm_cam.mat`` of github.com/wuancong/SYSU-MM01), copied into
+the data folder's ``exp/``."""
+LLCM_TEST_FOLDERS = {RGB: "test_vis", IR: "test_nir"}
+LLCM_TEST_CAMS = {RGB: (1, 2, 3, 4, 5, 6, 7, 8, 9), IR: (1, 2, 4, 5, 6, 7, 8, 9)}
+"""Cameras of LLCM's test images that DEEN's ``process_query_llcm`` /
+``process_gallery_llcm`` read: visible cams 1-9, near-infrared cams 1, 2, 4-9 (no cam3)."""
 
 
 @dataclass(frozen=True)
@@ -51,13 +69,17 @@ class PersonImage:
 
 
 def detect_layout(root: Path) -> Layout:
-    """Which of the three layouts ``root`` holds; a clear error when none."""
+    """Which of the four layouts ``root`` holds; a clear error when none."""
     if not root.is_dir():
         raise DomainSSLError(f"Re-ID data {root} is not a folder. {DATA_HELP}")
     if (root / "exp").is_dir() and all((root / f"cam{c}").is_dir() for c in range(1, 7)):
         return "sysu"
     if all((root / name).is_dir() for name in ("Visible", "Thermal", "idx")):
         return "regdb"
+    if (root / "idx").is_dir() and (
+        (root / "idx" / "train_vis.txt").is_file() or (root / "test_vis").is_dir()
+    ):
+        return "llcm"
     if (root / "rgb").is_dir() and (root / "ir").is_dir():
         return "generic"
     raise DomainSSLError(f"{root} holds no known re-ID layout. {DATA_HELP}")
@@ -65,11 +87,19 @@ def detect_layout(root: Path) -> Layout:
 
 def sysu_ids(root: Path, part: str) -> list[int]:
     """Identities of ``exp/<part>_id.txt`` (comma-separated)."""
-    path = root / "exp" / f"{part}_id.txt"
+    return _read_ids(root / "exp" / f"{part}_id.txt", "SYSU-MM01 ships it in exp/")
+
+
+def _read_ids(path: Path, shipped: str) -> list[int]:
     if not path.is_file():
-        raise DomainSSLError(f"{path} is missing: SYSU-MM01 ships it in exp/. {DATA_HELP}")
-    text = path.read_text().replace("\n", ",")
-    return [int(token) for token in text.split(",") if token.strip()]
+        raise DomainSSLError(f"{path} is missing: {shipped}. {DATA_HELP}")
+    tokens = [token.strip() for token in path.read_text().replace("\n", ",").split(",")]
+    try:
+        return [int(token) for token in tokens if token]
+    except ValueError:
+        raise DomainSSLError(
+            f"{path}: expected comma-separated identity numbers, got {path.read_text()[:80]!r}."
+        ) from None
 
 
 def read_sysu(root: Path, ids: list[int], cams: tuple[int, ...] = (1, 2, 3, 4, 5, 6)) -> list:
@@ -82,6 +112,100 @@ def read_sysu(root: Path, ids: list[int], cams: tuple[int, ...] = (1, 2, 3, 4, 5
             if folder.is_dir():
                 images += [PersonImage(p, pid, cam, modality) for p in _image_files(folder)]
     return images
+
+
+@dataclass(frozen=True)
+class SysuDraws:
+    """SYSU-MM01's fixed gallery draws (``rand_perm_cam.mat`` of its evaluation code).
+
+    In the file, ``rand_perm_cam`` is a MATLAB cell array of the 6 cameras; camera c's cell
+    holds one matrix per identity, indexed by the identity number (333 identities for cams
+    1, 2, 6 and 533 for cams 3, 4, 5 in the released file); the matrix of identity p is
+    (trials, images of p in camera c), row t a permutation of 1..images (MATLAB's 1-based
+    indices), empty (trials x 0) where p has no image there. ``get_testing_set.m`` takes the
+    first ``number_shot`` entries of row ``run_time`` as the gallery of trial ``run_time``,
+    indices into the identity's images in file order (``cam<c>/<p:04d>/0001.jpg`` first).
+
+    Attributes:
+        path: the file read.
+        cams: camera -> per identity (identity p at position p - 1) its (trials, images)
+            matrix of 1-based indices.
+        trials: rows of every non-empty matrix (10 in the released file).
+    """
+
+    path: Path
+    cams: dict[int, list[np.ndarray]]
+    trials: int
+
+    def gallery(self, images: list[PersonImage], trial: int) -> list[PersonImage]:
+        """The single-shot gallery of ``trial`` (0-based: MATLAB's ``run_time`` - 1) among
+        ``images``: for each (identity, camera) the image the first entry of that row names,
+        in (identity, camera) order."""
+        if not 0 <= trial < self.trials:
+            raise DomainSSLError(
+                f"{self.path} holds {self.trials} trials; trial {trial + 1} was asked for: use "
+                f"--trials {self.trials} or fewer, or remove the file to draw seeded galleries."
+            )
+        gallery = []
+        for (pid, cam), group in by_identity_and_camera(images).items():
+            per_identity = self.cams.get(cam, [])
+            matrix = per_identity[pid - 1] if 0 < pid <= len(per_identity) else None
+            width = 0 if matrix is None else matrix.shape[1]
+            index = int(matrix[trial, 0]) if matrix is not None and width else 0
+            if width != len(group) or not 1 <= index <= len(group):
+                raise DomainSSLError(
+                    f"{self.path} does not fit this copy of SYSU-MM01: cam{cam}/{pid:04d} holds "
+                    f"{len(group)} images, the file a permutation of {width} (first index "
+                    f"{index}). Use the data set's own evaluation/data_split/rand_perm_cam.mat "
+                    "with the data set as released, or remove the file to draw seeded galleries."
+                )
+            gallery.append(group[index - 1])
+        return gallery
+
+
+def read_sysu_draws(path: Path) -> SysuDraws:
+    """Read SYSU-MM01's ``rand_perm_cam.mat`` (structure: :class:`SysuDraws`); a clear error
+    naming the file when it is not that file."""
+    fix = (
+        "use the file of the data set's evaluation code (evaluation/data_split/"
+        "rand_perm_cam.mat of github.com/wuancong/SYSU-MM01), or remove it to draw seeded "
+        "galleries"
+    )
+    try:
+        content = loadmat(str(path))
+    except (MatReadError, ValueError, NotImplementedError, OSError, TypeError) as err:
+        raise DomainSSLError(f"{path} cannot be read as a MATLAB file ({err}): {fix}.") from None
+    cells = content.get("rand_perm_cam")
+    if not isinstance(cells, np.ndarray) or cells.dtype != object or cells.size != 6:
+        found = ", ".join(k for k in content if not k.startswith("__")) or "nothing"
+        raise DomainSSLError(
+            f"{path} should hold `rand_perm_cam`, a cell array of the 6 cameras (found: "
+            f"{found}): {fix}."
+        )
+    cams: dict[int, list[np.ndarray]] = {}
+    rows: set[int] = set()
+    for cam, cell in enumerate(cells.ravel(), start=1):
+        if not isinstance(cell, np.ndarray) or cell.dtype != object:
+            raise DomainSSLError(
+                f"{path}: rand_perm_cam{{{cam}}} should be a cell array of identities: {fix}."
+            )
+        cams[cam] = []
+        for entry in cell.ravel():
+            matrix = np.asarray(entry)
+            if matrix.ndim != 2 or (matrix.size and matrix.dtype.kind not in "uif"):
+                raise DomainSSLError(
+                    f"{path}: rand_perm_cam{{{cam}}} holds a {matrix.dtype} entry of shape "
+                    f"{matrix.shape}, not a (trials x images) index matrix: {fix}."
+                )
+            if matrix.size:
+                rows.add(matrix.shape[0])
+            cams[cam].append(matrix.astype(np.int64) if matrix.size else matrix.reshape(0, 0))
+    if len(rows) != 1:
+        raise DomainSSLError(
+            f"{path}: its matrices should all have one row per trial, found row counts "
+            f"{sorted(rows) or 'none'}: {fix}."
+        )
+    return SysuDraws(path, cams, rows.pop())
 
 
 def read_regdb(root: Path, part: Literal["train", "test"], trial: int = 1) -> list[PersonImage]:
@@ -98,6 +222,65 @@ def read_regdb(root: Path, part: Literal["train", "test"], trial: int = 1) -> li
     return images
 
 
+def llcm_test_ids(root: Path) -> list[int]:
+    """LLCM's test identities (``idx/test_id.txt``, comma-separated)."""
+    return _read_ids(root / "idx" / "test_id.txt", "LLCM ships it in idx/")
+
+
+def read_llcm_train(root: Path) -> list[PersonImage]:
+    """LLCM's training images: ``idx/train_vis.txt`` (visible) and ``idx/train_nir.txt``
+    (near-infrared), lines ``relative/path.jpg label`` as DEEN's ``LLCMData`` reads them; the
+    identity is the label, the camera the ``_c<k>`` of the file name (``0001_c01_s..._vis.jpg``)
+    or else a ``cam<k>`` folder of the path, 0 when neither is there."""
+    images = []
+    for name, modality in (("vis", RGB), ("nir", IR)):
+        index = root / "idx" / f"train_{name}.txt"
+        if not index.is_file():
+            raise DomainSSLError(
+                f"{index} is missing: LLCM ships idx/train_vis.txt and idx/train_nir.txt. "
+                f"{DATA_HELP}"
+            )
+        for number, line in enumerate(index.read_text().splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or not fields[1].isdigit():
+                raise DomainSSLError(
+                    f"{index}, line {number}: expected `relative/path.jpg label`, got {line!r}."
+                )
+            path = root / fields[0]
+            images.append(PersonImage(path, int(fields[1]), _llcm_camera(path), modality))
+    return images
+
+
+def _llcm_camera(path: Path) -> int:
+    named = re.search(r"_c(\d+)_", path.name)
+    if named:
+        return int(named.group(1))
+    folders = [re.fullmatch(r"cam(\d+)", part) for part in path.parts[:-1]]
+    return next((int(m.group(1)) for m in reversed(folders) if m), 0)
+
+
+def read_llcm_test(root: Path, modality: int) -> list[PersonImage]:
+    """LLCM's test images of one modality: ``test_vis/cam<k>/<pid:04d>/*`` (visible, cams
+    1-9) or ``test_nir/cam<k>/<pid:04d>/*`` (near-infrared, cams 1, 2, 4-9) of the
+    identities in ``idx/test_id.txt``, in DEEN's order (identity, then camera, then file)."""
+    folder = LLCM_TEST_FOLDERS[modality]
+    images = [
+        PersonImage(path, pid, cam, modality)
+        for pid in sorted(llcm_test_ids(root))
+        for cam in LLCM_TEST_CAMS[modality]
+        if (root / folder / f"cam{cam}" / f"{pid:04d}").is_dir()
+        for path in _image_files(root / folder / f"cam{cam}" / f"{pid:04d}")
+    ]
+    if not images:
+        raise DomainSSLError(
+            f"{root / folder} holds no image of the identities in idx/test_id.txt "
+            f"(expected {folder}/cam<k>/<id:04d>/*.jpg, as LLCM is released)."
+        )
+    return images
+
+
 def read_generic(root: Path) -> list[PersonImage]:
     """``rgb/<pid>/*`` (camera 1) and ``ir/<pid>/*`` (camera 2); folder names are identities."""
     names = sorted({p.name for m in ("rgb", "ir") for p in (root / m).iterdir() if p.is_dir()})
@@ -111,13 +294,16 @@ def read_generic(root: Path) -> list[PersonImage]:
 
 
 def training_images(root: Path) -> list[PersonImage]:
-    """The training part: SYSU-MM01 train + val ids, RegDB split 1 train, generic: all."""
+    """The training part: SYSU-MM01 train + val ids, RegDB split 1 train, LLCM's training
+    lists, generic: all."""
     layout = detect_layout(root)
     if layout == "sysu":
         ids = sysu_ids(root, "train")
         if (root / "exp" / "val_id.txt").is_file():
             ids += sysu_ids(root, "val")
         images = read_sysu(root, ids)
+    elif layout == "llcm":
+        images = read_llcm_train(root)
     else:
         images = read_regdb(root, "train") if layout == "regdb" else read_generic(root)
     if {im.modality for im in images} != {RGB, IR}:
@@ -127,6 +313,15 @@ def training_images(root: Path) -> list[PersonImage]:
 
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
+
+
+def by_identity_and_camera(images: list[PersonImage]) -> dict[tuple[int, int], list[PersonImage]]:
+    """``images`` grouped by (identity, camera), in (identity, camera) order, each group in
+    file-name order (the order the data sets' evaluation code indexes them in)."""
+    groups: dict[tuple[int, int], list[PersonImage]] = {}
+    for item in images:
+        groups.setdefault((item.pid, item.cam), []).append(item)
+    return {key: sorted(groups[key], key=lambda item: item.path) for key in sorted(groups)}
 
 
 def read_person(path: Path) -> torch.Tensor:

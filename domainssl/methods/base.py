@@ -1,4 +1,4 @@
-"""Shared base of all SSL methods: normalization, views, schedule, EMA, collapse monitor."""
+"""Shared base of all SSL methods: normalization, views, schedule, EMA, collapse signals."""
 
 from __future__ import annotations
 
@@ -56,28 +56,51 @@ REPLICA_MISMATCH = "REPLICAS_DIFFER.txt"
 """Written into the run folder when the processes of a run ended with different weights."""
 
 
+def rankme(embedding: torch.Tensor, eps: float = 1e-7) -> float:
+    """Effective rank of an embedding matrix (N, D) (RankMe, Garrido et al. 2023).
+
+    ``exp`` of the entropy of ``p_k = sigma_k / sum(sigma) + eps`` over its singular values
+    ``sigma``: scale-free, about 1 for a collapsed (rank-1) embedding and at most
+    ``min(N, D)`` (plus a hair from ``eps``, the paper's 1e-7), so compare runs at equal N.
+    NaN when the embedding is not finite.
+    """
+    if not bool(embedding.isfinite().all()):
+        return math.nan
+    sigma = torch.linalg.svdvals(embedding.float())  # (min(N, D),)
+    p = sigma / sigma.sum().clamp(min=torch.finfo(sigma.dtype).tiny) + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
 class CollapseMonitor:
-    """Per-dimension std of L2-normalized embeddings, accumulated over an epoch.
+    """Collapse signals over an epoch: per-dimension std of L2-normalized embeddings, and the
+    effective rank (:func:`rankme`) of the epoch's last ``rank_rows`` embeddings.
 
     Healthy embeddings spread over the sphere have std about 1/sqrt(dim) per dimension
-    (Jing et al. 2022; lightly's ``std_of_l2_normalized``); collapse drives it to 0.
+    (Jing et al. 2022; lightly's ``std_of_l2_normalized``); collapse drives it to 0. The rows
+    for the rank stay on the embeddings' device, in fp32 (at most ``rank_rows`` + one batch).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rank_rows: int = 2048) -> None:
+        self.rank_rows = rank_rows
         self.reset()
 
     def reset(self) -> None:
         self.count = 0
         self.total: torch.Tensor | None = None
         self.total_sq: torch.Tensor | None = None
+        self.recent: list[torch.Tensor] = []
 
     @torch.no_grad()
     def update(self, embedding: torch.Tensor) -> None:
-        z = nn.functional.normalize(embedding.detach().float(), dim=1)
+        rows = embedding.detach().float()  # (B, D)
+        z = nn.functional.normalize(rows, dim=1)
         self.total = z.sum(0) if self.total is None else self.total + z.sum(0)
         squared = (z**2).sum(0)
         self.total_sq = squared if self.total_sq is None else self.total_sq + squared
         self.count += len(z)
+        self.recent.append(rows)
+        while sum(len(r) for r in self.recent[1:]) >= self.rank_rows:
+            self.recent.pop(0)
 
     def std(self) -> tuple[float, float]:
         """(mean per-dimension std, that std times sqrt(dim): 1 is healthy, 0 collapsed)."""
@@ -86,6 +109,10 @@ class CollapseMonitor:
         variance = (self.total_sq / self.count - mean**2).clamp(min=0)
         std = float(variance.sqrt().mean())
         return std, std * math.sqrt(len(mean))
+
+    def rank(self) -> float:
+        """RankMe of the last ``rank_rows`` embeddings: at most min(rows, dim)."""
+        return rankme(torch.cat(self.recent)[-self.rank_rows :])
 
 
 class ProjectionConfig(MethodConfig):
@@ -207,6 +234,7 @@ class SSLMethod(L.LightningModule, Generic[SettingsT]):
         std, ratio = self.collapse.std()
         self.log("train/embedding_std", std, sync_dist=True)
         self.log("train/embedding_std_ratio", ratio, prog_bar=True, sync_dist=True)
+        self.log("train/rankme", self.collapse.rank(), prog_bar=True, sync_dist=True)
         if ratio < self.config.trainer.collapse_threshold:
             warnings.warn(
                 f"COLLAPSE WARNING (epoch {self.current_epoch}): embedding std {std:.4f} is "

@@ -51,11 +51,16 @@ def replicate(model: nn.Module, shard: Shard, device: torch.device) -> nn.Module
 
 def rank_zero_decides(flag: bool, device: torch.device) -> bool:
     """Rank 0's ``flag`` on every process (time budgets: one clock decides)."""
+    return bool(rank_zero_value(float(flag), device))
+
+
+def rank_zero_value(value: float, device: torch.device) -> float:
+    """Rank 0's ``value`` on every process (elapsed time: one clock for all)."""
     if not dist.is_initialized():
-        return flag
-    value = torch.tensor([float(flag)], device=device)
-    dist.broadcast(value, src=0)
-    return bool(value.item())
+        return value
+    tensor = torch.tensor([value], device=device)
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
 
 
 def _worker(

@@ -1,5 +1,5 @@
 """`domainssl pretrain --domain reid --method mmgl` and `domainssl transfer --task reid`
-end to end on generated SYSU-MM01 and RegDB layouts, and their clear errors."""
+end to end on generated SYSU-MM01, RegDB and LLCM layouts, and their clear errors."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 from conftest import fast
-from reid_fixtures import write_regdb, write_sysu
+from reid_fixtures import write_llcm, write_rand_perm_cam, write_regdb, write_sysu
 from typer.testing import CliRunner
 
 from domainssl.cli import app
 from domainssl.export import load_backbone
 from domainssl.methods.mmgl import IR_WEIGHTS
 from domainssl.paths import CONFIGS_DIR
+from domainssl.transfer.reid.transfer import ReidSettings, transfer_reid
 
 runner = CliRunner()
 REID_FAST = [
@@ -132,3 +133,34 @@ def test_ddp_mmgl_run_keeps_replicas_identical(tmp_path: Path) -> None:
     assert result.returncode == 0, output[-3000:]
     assert "weights identical on 2 processes" in output
     assert (tmp_path / "ddp" / IR_WEIGHTS).is_file()
+
+
+def test_llcm_pretrain_and_transfer_and_sysu_official_draws(tmp_path: Path) -> None:
+    llcm = write_llcm(tmp_path / "LLCM")
+    run = pretrain(llcm, tmp_path)  # LLCM's training lists, unlabeled
+    code, output = transfer(run, llcm, "--trials", "2")  # LLCM's first protocol: i2v
+    assert code == 0, output
+    metrics = json.loads((tmp_path / "run-reid-i2v" / "metrics.json").read_text())
+    assert metrics["dataset"] == "LLCM" and metrics["protocol"] == "i2v"
+    assert metrics["trials"] == 2 and metrics["identities"] == 3
+    assert metrics["queries"] == 3 * 3 * 2  # near-infrared cams 1, 2, 4 (not cam3)
+    assert metrics["gallery"] == 3 * 3 - 1  # one per id and visible camera; one lacks cam3
+    assert metrics["gallery_draw"] == "seeded single-shot, seed = trial (DEEN's draws)"
+    report = (tmp_path / "run-reid-i2v" / "report.md").read_text()
+    assert "infrared-to-visible" in report and "eval_llcm" in report
+    # v2i through the API (the CLI's --protocol choices are its own module's)
+    v2i, _ = transfer_reid(run, llcm, tmp_path / "v2i", ReidSettings(protocol="v2i", trials=2))
+    assert v2i["protocol"] == "v2i" and (v2i["queries"], v2i["gallery"]) == (16, 9)
+    assert "visible-to-infrared" in (tmp_path / "v2i" / "report.md").read_text()
+
+    sysu = write_sysu(tmp_path / "SYSU-MM01")
+    write_rand_perm_cam(sysu, trials=3)
+    code, output = transfer(run, sysu, "--trials", "3", "--out", str(tmp_path / "official"))
+    assert code == 0, output
+    official = json.loads((tmp_path / "official" / "metrics.json").read_text())
+    assert official["gallery_draw"] == "official rand_perm_cam.mat"
+    assert official["gallery"] == 3 * 4 - 2 and official["trials"] == 3
+    report = (tmp_path / "official" / "report.md").read_text()
+    assert "gallery: official rand_perm_cam.mat" in report
+    code, output = transfer(run, sysu)  # 10 trials asked, the file holds 3
+    assert code == 2 and "holds 3 trials" in output and "--trials 3 or fewer" in output

@@ -122,7 +122,15 @@ ORL_FAST = [
 
 
 @pytest.mark.parametrize(
-    "method", ["simclr", "moco", "byol", "simsiam", pytest.param("orl", marks=pytest.mark.slow)]
+    "method",
+    [
+        "simclr",
+        "moco",
+        "byol",
+        "simsiam",
+        pytest.param("densecl", marks=pytest.mark.slow),
+        pytest.param("orl", marks=pytest.mark.slow),
+    ],
 )
 def test_ddp_run_keeps_replicas_identical(method: str, tif_chips: Path, tmp_path: Path) -> None:
     """MMGL's DDP run is in test_reid_cli.py (it needs re-ID data)."""

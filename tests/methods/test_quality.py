@@ -8,10 +8,11 @@ from typer.testing import CliRunner
 
 from domainssl.cli import app
 from domainssl.data.folder import ChipFolder, InMemoryChips
+from domainssl.data.labeled import stratified_split
 from domainssl.export import load_backbone
 from domainssl.models.backbones import create_backbone
 from domainssl.paths import DATASETS_DIR
-from domainssl.transfer.classification.probe import extract_features, linear_probe, stratified_split
+from domainssl.transfer.classification.probe import extract_features, linear_probe
 
 DEMO = DATASETS_DIR / "eurosat_demo"
 

@@ -15,8 +15,8 @@ from test_segment import make_meta, whole_set
 from test_transfer import exported_run
 from torch import nn
 
+from domainssl.data.labeled import load_labeled
 from domainssl.transfer.classification.finetune import Classifier, FinetuneConfig, finetune
-from domainssl.transfer.classification.labeled import load_labeled
 from domainssl.transfer.segmentation.model import build_segmenter
 from domainssl.transfer.segmentation.training import SegmentTrainConfig, fit_segmenter
 

@@ -13,7 +13,7 @@ from reid_fixtures import write_generic
 from domainssl.data.reid import PersonImage
 from domainssl.export import BackboneMeta, export_backbone
 from domainssl.models.backbones import create_backbone
-from domainssl.transfer.reid.transfer import Encoder, ReidSettings
+from domainssl.transfer.reid.transfer import ReidSettings, pretrained_encoder
 
 
 @pytest.mark.parametrize("baseline", ["pretrained", "random"])
@@ -28,8 +28,8 @@ def test_features_do_not_depend_on_the_batch(
     root = write_generic(tmp_path / "people", identities=4, per_identity=2)
     images = [PersonImage(p, int(p.parent.name.split("_")[1]), 0, 0)
               for p in sorted((root / "rgb").rglob("*.jpg"))]  # fmt: skip
-    together = Encoder(tmp_path / "run", ReidSettings(baseline=baseline, batch_size=8))
-    alone = Encoder(tmp_path / "run", ReidSettings(baseline=baseline, batch_size=1))
+    together = pretrained_encoder(tmp_path / "run", ReidSettings(baseline=baseline, batch_size=8))
+    alone = pretrained_encoder(tmp_path / "run", ReidSettings(baseline=baseline, batch_size=1))
     if baseline == "random":  # both draw the same random weights
         alone.backbones = together.backbones
     assert not any(b.training for b in together.backbones.values())

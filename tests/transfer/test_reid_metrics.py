@@ -9,7 +9,12 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from domainssl.errors import DomainSSLError
-from domainssl.transfer.reid.metrics import SYSU_LOCATIONS, retrieval_metrics, same_location
+from domainssl.transfer.reid.metrics import (
+    SYSU_LOCATIONS,
+    retrieval_metrics,
+    same_identity_and_camera,
+    same_location,
+)
 
 
 def brute_force(
@@ -100,6 +105,19 @@ def test_sysu_cam3_queries_skip_cam2_gallery() -> None:
     cam6 = retrieval_metrics(distance[1:], query_pids[1:], gallery_pids, ignore[1:])
     assert cam3["rank1"] == 0.0 and cam3["mAP"] == pytest.approx(0.5)  # pid 2 first, then 1
     assert cam6["rank1"] == 1.0 and cam6["mAP"] == pytest.approx((1 + 2 / 3) / 2)  # 1st, 3rd
+
+
+def test_llcm_skips_only_the_query_identity_in_the_query_camera() -> None:
+    # query: pid 1 seen by cam 1; gallery: pid 1 in cam 1 (nearest), pid 2 in cam 1,
+    # pid 1 in cam 2, pid 3 in cam 3
+    gallery_pids, gallery_cams = np.array([1, 2, 1, 3]), np.array([1, 1, 2, 3])
+    distance = np.array([[0.1, 0.2, 0.3, 0.4]])
+    ignore = same_identity_and_camera(np.array([1]), np.array([1]), gallery_pids, gallery_cams)
+    assert ignore.tolist() == [[True, False, False, False]]  # pid 2 in cam 1 stays
+    kept = retrieval_metrics(distance, np.array([1]), gallery_pids, ignore, "identities")
+    assert kept["rank1"] == 0.0 and kept["rank10"] == 1.0  # ranked ids: 2, 1, 3
+    assert kept["mAP"] == pytest.approx(0.5) and kept["mINP"] == pytest.approx(0.5)
+    assert retrieval_metrics(distance, np.array([1]), gallery_pids)["rank1"] == 1.0
 
 
 def test_same_camera_is_excluded_for_unlisted_cameras() -> None:

@@ -1,6 +1,7 @@
 """Segmentation transfer: metrics, folder data and its errors, encoder loading, tiling, fit."""
 
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -235,3 +236,13 @@ def test_time_limit_stops_cleanly_and_a_frozen_encoder_does_not_change(tmp_path:
         assert torch.equal(value, encoder_before[key]), key
     assert not torch.equal(model.head.weight, head_before)
     assert not any(p.requires_grad for p in model.encoder.parameters())  # no wasted gradients
+
+
+def test_a_time_budget_without_epochs_trains_until_it_is_spent(tmp_path: Path) -> None:
+    data = whole_set(write_segmentation_folder(tmp_path, count=2, size=32))
+    model = build_segmenter(make_meta(), 2, None, decoder_width=16)
+    config = SegmentTrainConfig(tile=32, epochs=None, batch_size=2, max_time_s=1.5)
+    start = time.monotonic()
+    summary = fit_segmenter(model, meta=make_meta(), train_set=data, config=config, device="cpu")
+    assert summary.stopped_by_time and time.monotonic() - start >= 1.5
+    assert len(summary.epoch_losses) == summary.steps > 1  # one step per epoch, many epochs

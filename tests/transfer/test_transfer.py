@@ -12,11 +12,11 @@ from fixtures import write_chip_folder, write_segmentation_folder
 from typer.testing import CliRunner
 
 from domainssl.cli import app
+from domainssl.data.labeled import load_labeled
 from domainssl.errors import DomainSSLError
 from domainssl.export import BackboneMeta, export_backbone, load_backbone, preprocess
 from domainssl.models.backbones import create_backbone, first_conv_key
-from domainssl.transfer.classification.knn import KNNHead
-from domainssl.transfer.classification.labeled import load_labeled
+from domainssl.models.knn import KNNHead
 from domainssl.transfer.classification.metrics import score
 from domainssl.transfer.classification.probe import ProbeSplit, fit_linear_head
 from domainssl.transfer.classification.transfer import embed, load_classifier
@@ -109,7 +109,8 @@ def test_transfer_cli_writes_model_metrics_and_report(tmp_path: Path, protocol: 
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["accuracy"] <= 1 and metrics["count"] == 4
     assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
-    assert "accuracy" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "accuracy" in report and f"domainssl infer {out} " in report  # the next command
     split = json.loads((out / "split.json").read_text())
     assert not split["given"] and len(split["test"]) == 4
     model, meta, info = load_classifier(out)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from domainssl.config import RunConfig
+from domainssl.console import say
 from domainssl.data.datamodule import PretrainData, PretrainDataModule, prepare_pretrain_data
 from domainssl.data.proposal_cache import ProposalBoxes, compute_proposals
 from domainssl.data.stain_setup import StainSetup
@@ -94,11 +95,11 @@ class ObjectPairsDataModule(PretrainDataModule):
             self.config.data.batch_size,
             self.config.trainer.seed,
         )
-        print("stage 2/3: mining cross-image object pairs", flush=True)
+        say("stage 2/3: mining cross-image object pairs")
         pair_dir = mine_pairs(
             backbone.to(device), images.source, images.store, meta.mean, meta.std, mining,
             self.run_dir / STAGE2, deadline,
         )  # fmt: skip
         pairs = load_pairs(pair_dir)
-        print(f"stage 2/3: {len(pairs)} pairs for {len(np.unique(pairs.image))} images")
-        print(f"stage 3/3: object-level BYOL on {len(pairs)} mined pairs + intra-image RoIs")
+        say(f"stage 2/3: {len(pairs)} pairs for {len(np.unique(pairs.image))} images")
+        say(f"stage 3/3: object-level BYOL on {len(pairs)} mined pairs + intra-image RoIs")

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision.ops import roi_align
 
+from domainssl.console import say
 from domainssl.data.folder import Sample
 from domainssl.data.proposal_cache import ProposalStore
 from domainssl.io import atomic_write, atomic_write_text
@@ -159,7 +160,7 @@ def mine_pairs(
         shutil.rmtree(folder)  # other settings or data: the cached sub-steps do not apply
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "meta.json", meta)
-    print(f"stage 2: embedding {count} images")
+    say(f"stage 2: embedding {count} images")
     size, batch = settings.roi_size, settings.batch_size
     whole = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
 
@@ -179,7 +180,7 @@ def mine_pairs(
             knn_file, lambda: knn_cosine(embeddings, embeddings, k, exclude_self=True)[1].numpy()
         )
     )  # (S, k) positions in the subset
-    print(f"stage 2: retrieved {neighbors.shape[1]} neighbours per image")
+    say(f"stage 2: retrieved {neighbors.shape[1]} neighbours per image")
     roi_cache: dict[int, torch.Tensor] = {}
     pair_dir = folder / "pairs"
     for q0 in range(0, count, QUERY_CHUNK):
@@ -187,7 +188,7 @@ def mine_pairs(
         if chunk_file.is_file():
             continue
         if deadline is not None and time.monotonic() > deadline:
-            print(f"stage 2: time share spent; pairs for {q0}/{count} images", flush=True)
+            say(f"stage 2: time share spent; pairs for {q0}/{count} images")
             break
         queries = list(range(q0, min(q0 + QUERY_CHUNK, count)))
         needed = sorted(set(queries) | set(neighbors[queries].flatten().tolist()))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from domainssl.checkpointing import LAST_CHECKPOINT
 from domainssl.config import RunConfig, build_config, set_dotted
+from domainssl.console import say
 from domainssl.errors import DomainSSLError
 from domainssl.export import WEIGHTS
 from domainssl.methods.byol import BYOLConfig
@@ -26,7 +27,7 @@ MIN_STAGE_S = 5.0  # a stage whose budget is spent still gets this long
 
 
 def _report(message: str) -> None:
-    print(message, flush=True)
+    say(message)
 
 
 def _stage_config(config: RunConfig, changes: Mapping[str, object]) -> RunConfig:

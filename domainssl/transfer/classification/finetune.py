@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 import time
 from dataclasses import dataclass
 
@@ -10,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from domainssl.data.labeled import LabeledSet
 from domainssl.data.samplers import Shard
-from domainssl.transfer.classification.knn import KNNHead
-from domainssl.transfer.classification.labeled import LabeledSet
+from domainssl.models.knn import KNNHead
 from domainssl.transfer.classification.metrics import score
 from domainssl.transfer.processes import (
-    rank_zero_decides,
+    rank_zero_value,
     replicate,
     train_on_devices,
     worker_device,
@@ -26,9 +28,11 @@ from domainssl.transfer.processes import (
 class FinetuneConfig:
     """Optimisation of a fine-tune (AdamW, cosine decay, flips and 90-degree rotations)."""
 
-    epochs: int = 10
+    epochs: int | None = 10
+    """None: train until ``max_time_s`` is spent."""
     max_time_s: float | None = None
-    """Stop after this many seconds (the best model so far is kept and evaluated)."""
+    """Stop after this many seconds (the best model so far is kept and evaluated); the
+    cosine schedule ends with whichever of the two limits ends first."""
     batch_size: int = 64
     lr: float = 1e-3
     backbone_lr_scale: float = 0.1
@@ -93,16 +97,22 @@ def train_classifier(
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     train = torch.from_numpy(data.split.train)
     steps_per_epoch = max(len(train) // config.batch_size, 1)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, config.epochs * steps_per_epoch
-    )
+    total_steps = None if config.epochs is None else config.epochs * steps_per_epoch
+    peak_lrs = [group["lr"] for group in optimizer.param_groups]
     multilabel = data.multilabel
     best = (-1.0, copy.deepcopy(model.state_dict()))
-    start = time.monotonic()
-    for _ in range(config.epochs):
+    start, done, over = time.monotonic(), 0, False
+    for _ in range(config.epochs) if config.epochs is not None else itertools.count():
         model.train()
         order = train[torch.randperm(len(train))]
         for step in range(steps_per_epoch):
+            elapsed = rank_zero_value(time.monotonic() - start, device)  # one clock decides
+            factor = cosine_factor(done, total_steps, elapsed, config.max_time_s)
+            for group, peak in zip(optimizer.param_groups, peak_lrs, strict=True):
+                group["lr"] = peak * factor
+            over = config.max_time_s is not None and elapsed > config.max_time_s
+            if over:
+                break
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
             mine = batch[shard.rank :: shard.world]  # this process's share
             logits = forward(flip_rotate(inputs[mine].to(device)))
@@ -115,15 +125,24 @@ def train_classifier(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            schedule.step()
+            done += 1
         if shard.rank == 0:
             val_score = score(predict(model, inputs[data.split.val]), data.targets[data.split.val])
             if val_score > best[0]:
                 best = (val_score, copy.deepcopy(model.state_dict()))
-        over = config.max_time_s is not None and time.monotonic() - start > config.max_time_s
-        if rank_zero_decides(over, device):
+        if over:
             break
     return best[1], best[0]
+
+
+def cosine_factor(
+    step: int, total_steps: int | None, elapsed: float, max_time_s: float | None
+) -> float:
+    """Cosine decay from 1 to 0 over the run's progress: the larger of the step share and
+    the time share, so that the schedule ends with whichever limit ends first."""
+    shares = [step / total_steps] if total_steps else []
+    shares += [elapsed / max_time_s] if max_time_s else []
+    return 0.5 * (1 + math.cos(math.pi * min(max(shares, default=0.0), 1.0)))
 
 
 @torch.no_grad()

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
 from torch import nn
+
+from domainssl.data.labeled import ProbeSplit
 
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], float]
@@ -34,31 +34,6 @@ def extract_features(
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(chunks).numpy()
-
-
-@dataclass
-class ProbeSplit:
-    """Fixed stratified train / validation / test indices."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-
-
-def stratified_split(
-    labels: np.ndarray, test: float = 0.2, val: float = 0.1, seed: int = 0
-) -> ProbeSplit:
-    """Test share first, then a validation share of the rest, stratified, fixed seed; each
-    part gets at least one image per class."""
-    indices = np.arange(len(labels))
-    classes = len(np.unique(labels))
-    n_test = max(math.ceil(test * len(labels)), classes)  # ceil: as sklearn rounds shares
-    rest, test_idx = train_test_split(indices, test_size=n_test, stratify=labels, random_state=seed)
-    n_val = max(math.ceil(val / (1 - test) * len(rest)), classes)
-    train_idx, val_idx = train_test_split(
-        rest, test_size=n_val, stratify=labels[rest], random_state=seed
-    )
-    return ProbeSplit(np.sort(train_idx), np.sort(val_idx), np.sort(test_idx))
 
 
 @dataclass

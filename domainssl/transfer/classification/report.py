@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from domainssl.io import atomic_write, atomic_write_text
+from domainssl.reports import markdown_table, save_figure, write_report
 
 if TYPE_CHECKING:
-    from domainssl.transfer.classification.labeled import LabeledSet
+    from domainssl.data.labeled import LabeledSet
 
 
 def save_confusion_png(matrix: list[list[int]], classes: list[str], out: Path) -> None:
@@ -32,15 +32,13 @@ def save_confusion_png(matrix: list[list[int]], classes: list[str], out: Path) -
     for (row, col), count in np.ndenumerate(counts):
         colour = "white" if shares[row, col] > 0.5 else "black"
         axes.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=8)
-    figure.tight_layout()
-    atomic_write(out, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
-    plt.close(figure)
+    save_figure(figure, out)
 
 
 def write_classify_report(
     out: Path, metrics: dict[str, Any], data: LabeledSet, run_dir: Path, data_path: Path
 ) -> None:
-    """A short markdown summary: headline metric, split, per-class scores, figures."""
+    """report.md: headline metric, split, per-class scores, figures, next commands."""
     split = data.split
     how = "given by folders" if data.split_given else "stratified, seeded; see split.json"
     headline = (
@@ -50,24 +48,23 @@ def write_classify_report(
     )
     per_class = metrics.get("per_class_f1") or metrics.get("per_class_ap") or {}
     column = "F1" if "per_class_f1" in metrics else "AP"
-    lines = [
-        f"# Classification transfer: {metrics['protocol']} ({metrics['baseline']} backbone)",
-        "",
-        f"- Test: {headline} on {metrics['count']} images.",
-        f"- Backbone: `{run_dir}`"
+    facts = [
+        f"Test: {headline} on {metrics['count']} images.",
+        f"Backbone: `{run_dir}`"
         + (" (replaced by random init)" if metrics["baseline"] == "random" else ""),
-        f"- Data: `{data_path}`, {len(data.classes)} classes"
+        f"Data: `{data_path}`, {len(data.classes)} classes"
         + (", multi-label" if data.multilabel else ""),
-        f"- Split ({how}): "
-        f"{len(split.train)} train / {len(split.val)} val / {len(split.test)} test.",
-        f"- Validation score used for model selection: {metrics['validation_score']:.4f}.",
-        f"- Took {metrics['seconds']} s.",
-        "",
-        f"| class | {column} |",
-        "|---|---|",
-        *(f"| {name} | {'n/a' if v is None else f'{v:.4f}'} |" for name, v in per_class.items()),
-        "",
+        f"Split ({how}): {len(split.train)} train / {len(split.val)} val / {len(split.test)} test.",
+        f"Validation score used for model selection: {metrics['validation_score']:.4f}.",
+        f"Took {metrics['seconds']} s.",
     ]
-    if "confusion_matrix" in metrics:
-        lines += ["![confusion matrix](confusion.png)", ""]
-    atomic_write_text(out, "\n".join(lines))
+    rows = [(name, "n/a" if v is None else f"{v:.4f}") for name, v in per_class.items()]
+    figures = [("confusion matrix", "confusion.png")] if "confusion_matrix" in metrics else []
+    write_report(
+        out,
+        f"Classification transfer: {metrics['protocol']} ({metrics['baseline']} backbone)",
+        facts,
+        markdown_table(["class", column], rows),
+        figures,
+        [f"domainssl infer {out.parent} large_image.tif --out classes.tif   # or a slide"],
+    )

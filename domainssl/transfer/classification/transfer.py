@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from domainssl.data.labeled import PARTS, LabeledSet, load_labeled
 from domainssl.export import BackboneMeta, backbone_for, load_backbone, preprocess
 from domainssl.io import atomic_write_text
+from domainssl.models.knn import KNNHead
 from domainssl.transfer.classification.finetune import Classifier, FinetuneConfig, finetune, predict
-from domainssl.transfer.classification.knn import KNNHead
-from domainssl.transfer.classification.labeled import PARTS, LabeledSet, load_labeled
 from domainssl.transfer.classification.metrics import classification_metrics, score
 from domainssl.transfer.classification.probe import fit_linear_head
 from domainssl.transfer.classification.report import save_confusion_png, write_classify_report

@@ -28,6 +28,19 @@ def same_location(
     return place(query_cams)[:, None] == place(gallery_cams)[None, :]
 
 
+def same_identity_and_camera(
+    query_pids: np.ndarray,
+    query_cams: np.ndarray,
+    gallery_pids: np.ndarray,
+    gallery_cams: np.ndarray,
+) -> np.ndarray:
+    """(Q, G) True where the gallery image shows the query's identity in the query's camera:
+    LLCM's rule (``eval_llcm`` of the authors' DEEN code removes these before ranking; each
+    LLCM camera records both visible and near-infrared images under one number)."""
+    same_pid = query_pids[:, None] == gallery_pids[None, :]
+    return same_pid & (query_cams[:, None] == gallery_cams[None, :])
+
+
 def retrieval_metrics(
     distance: np.ndarray,
     query_pids: np.ndarray,

@@ -3,6 +3,7 @@ and evaluation over whole images tile by tile."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -78,7 +79,8 @@ class SegmentTrainConfig:
     """Fine-tuning settings; the ignore index comes from the data set's label encoding."""
 
     tile: int = 256
-    epochs: int = 20
+    epochs: int | None = 20
+    """None: train until ``max_time_s`` is spent."""
     max_time_s: float | None = None
     """Stop after the step that crosses this wall time (the model stays usable)."""
     batch_size: int = 8
@@ -163,7 +165,7 @@ def train_segmenter(
     )
     ignore = train_set.encoding.ignore_index
     start, steps, losses, out_of_time = time.monotonic(), 0, [], False
-    for epoch in range(config.epochs):
+    for epoch in range(config.epochs) if config.epochs is not None else itertools.count():
         model.train()
         if config.freeze_encoder:
             model.encoder.eval()  # keep the pretrained BatchNorm statistics

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from domainssl.export import WEIGHTS, BackboneMeta, read_meta
 from domainssl.io import atomic_write_text
+from domainssl.reports import markdown_table, write_report
 from domainssl.transfer.outputs import read_transfer_output, save_transfer_model
 from domainssl.transfer.segmentation.data import SegmentationData, load_segmentation_data
 from domainssl.transfer.segmentation.model import Segmenter, build_segmenter
@@ -107,27 +108,26 @@ def _write_report(
         return "n/a" if value is None else f"{value:.4f}"
 
     encoder = "frozen" if metrics["frozen_encoder"] else "fine-tuned"
-    lines = [
-        f"# Segmentation transfer ({metrics['baseline']} backbone, {encoder} encoder)",
-        "",
-        f"- Test: mIoU **{metrics['miou']:.4f}**, mean Dice {fmt(metrics['mean_dice'])}, pixel "
+    facts = [
+        f"Test: mIoU **{metrics['miou']:.4f}**, mean Dice {fmt(metrics['mean_dice'])}, pixel "
         f"accuracy {metrics['pixel_accuracy']:.4f} over {metrics['test_images']} whole images "
         "(tiled prediction; ignored pixels left out).",
-        f"- Backbone: `{run_dir}`; data: `{data_path}` (split in split.json).",
-        f"- {metrics['epochs_run']} epochs"
+        f"Backbone: `{run_dir}`; data: `{data_path}` (split in split.json).",
+        f"{metrics['epochs_run']} epochs"
         + (" (stopped by the time budget)" if metrics["stopped_by_time"] else "")
         + f", {metrics['seconds']} s.",
-        "",
-        "| class | IoU | Dice |",
-        "|---|---|---|",
-        *(
-            f"| {k} | {fmt(iou)} | {fmt(dice)} |"
-            for k, (iou, dice) in enumerate(
-                zip(metrics["per_class_iou"], metrics["per_class_dice"], strict=True)
-            )
-        ),
-        "",
-        *(f"![{p.stem}]({p.relative_to(out_dir)})" for p in overlays),
-        "",
     ]
-    atomic_write_text(out, "\n".join(lines))
+    rows = [
+        (k, fmt(iou), fmt(dice))
+        for k, (iou, dice) in enumerate(
+            zip(metrics["per_class_iou"], metrics["per_class_dice"], strict=True)
+        )
+    ]
+    write_report(
+        out,
+        f"Segmentation transfer ({metrics['baseline']} backbone, {encoder} encoder)",
+        facts,
+        markdown_table(["class", "IoU", "Dice"], rows),
+        [(p.stem, str(p.relative_to(out_dir))) for p in overlays],
+        [f"domainssl infer {out_dir} large_image.tif --out segmentation.tif"],
+    )

@@ -1,17 +1,21 @@
-"""Labeled image sets for transfer: class folders or a CSV, given or seeded splits.
+"""Labeled image sets (transfer, the online kNN monitor): class folders or a CSV, splits.
 
-Layouts of ``--data``:
+Layouts of a labeled set:
 
 * ``DIR/<class>/*.tif``: one class per folder; a stratified 70/10/20 split (fixed seed).
 * ``labels.csv``: rows ``path,label`` (paths relative to the CSV; header optional); several
   labels per image separated by ``;`` make a multi-label set.
 * ``DIR/train/``, ``DIR/test/`` and optionally ``DIR/val/``, each in one of the layouts
   above (``train.csv`` / ``test.csv`` / ``val.csv`` work too): used as given.
+
+:func:`read_labeled_index` reads labels and the split without pixels, so that a caller can
+keep a subset before :func:`read_images`; :func:`load_labeled` reads both.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +27,45 @@ from torch.utils.data import DataLoader, Dataset
 from domainssl.data.folder import ChipFolder, Sample, resize, to_tensor
 from domainssl.data.imageio import read_image
 from domainssl.errors import DomainSSLError
-from domainssl.transfer.classification.probe import ProbeSplit, stratified_split
 
 PARTS = ("train", "val", "test")
+
+
+@dataclass
+class ProbeSplit:
+    """Fixed stratified train / validation / test indices."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def stratified_split(
+    labels: np.ndarray, test: float = 0.2, val: float = 0.1, seed: int = 0
+) -> ProbeSplit:
+    """Test share first, then a validation share of the rest, stratified, fixed seed; each
+    part gets at least one image per class."""
+    indices = np.arange(len(labels))
+    classes = len(np.unique(labels))
+    n_test = max(math.ceil(test * len(labels)), classes)  # ceil: as sklearn rounds shares
+    rest, test_idx = train_test_split(indices, test_size=n_test, stratify=labels, random_state=seed)
+    n_val = max(math.ceil(val / (1 - test) * len(rest)), classes)
+    train_idx, val_idx = train_test_split(
+        rest, test_size=n_val, stratify=labels[rest], random_state=seed
+    )
+    return ProbeSplit(np.sort(train_idx), np.sort(val_idx), np.sort(test_idx))
+
+
+@dataclass
+class LabeledIndex:
+    """The files of a labeled set with their targets and split, no pixels yet."""
+
+    files: list[Path]
+    targets: torch.Tensor  # (N,) class index, or (N, K) 0/1 for multi-label
+    classes: list[str]
+    split: ProbeSplit
+    split_given: bool
+    """True when the split came from train/val/test folders, False when it was seeded."""
 
 
 @dataclass
@@ -53,6 +93,14 @@ class _Part:
 
 def load_labeled(path: Path, size: int, in_chans: int, seed: int = 0) -> LabeledSet:
     """Read a labeled set (see the module doc) resized to ``size``, checking the band count."""
+    index = read_labeled_index(path, seed)
+    images = read_images(index.files, size, in_chans)
+    files = [str(f) for f in index.files]
+    return LabeledSet(images, index.targets, files, index.classes, index.split, index.split_given)
+
+
+def read_labeled_index(path: Path, seed: int = 0) -> LabeledIndex:
+    """Files, targets, classes and split of a labeled set (see the module doc)."""
     if not path.exists():
         raise DomainSSLError(f"Labeled data {path} does not exist: check --data.")
     given = {p: _find_part(path, p) for p in PARTS}
@@ -74,11 +122,10 @@ def load_labeled(path: Path, size: int, in_chans: int, seed: int = 0) -> Labeled
     classes = sorted(train_labels)
     files = [f for part in parts.values() for f in part.files]
     labels = [lab for part in parts.values() for lab in part.labels]
-    images = _read_images(files, size, in_chans)
     targets = _targets(labels, classes)
     given_split = "all" not in parts
     split = _given_split(parts, targets, seed) if given_split else _seeded_split(targets, seed)
-    return LabeledSet(images, targets, [str(f) for f in files], classes, split, given_split)
+    return LabeledIndex(files, targets, classes, split, given_split)
 
 
 def _find_part(root: Path, name: str) -> Path | None:
@@ -137,7 +184,8 @@ class _Images(Dataset[Sample]):
         return {"image": resize(to_tensor(array), self.size)}
 
 
-def _read_images(files: list[Path], size: int, in_chans: int) -> torch.Tensor:
+def read_images(files: list[Path], size: int, in_chans: int) -> torch.Tensor:
+    """Raw pixels (N, C, size, size) of ``files``; a file with another band count is an error."""
     loader = DataLoader(_Images(files, size, in_chans), batch_size=64, num_workers=0)
     return torch.cat([batch["image"] for batch in loader])
 
@@ -152,7 +200,7 @@ def _targets(labels: list[list[str]], classes: list[str]) -> torch.Tensor:
     return multi
 
 
-def _stratify_key(targets: torch.Tensor) -> np.ndarray:
+def stratify_key(targets: torch.Tensor) -> np.ndarray:
     """Class index, or for multi-label the most frequent label of each image."""
     if targets.ndim == 1:
         return targets.numpy()
@@ -160,7 +208,7 @@ def _stratify_key(targets: torch.Tensor) -> np.ndarray:
 
 
 def _seeded_split(targets: torch.Tensor, seed: int) -> ProbeSplit:
-    key = _stratify_key(targets)
+    key = stratify_key(targets)
     if np.bincount(key).min() < 3:
         raise DomainSSLError(
             "Some class has fewer than 3 images: too few for a train/val/test split. Add "
@@ -177,7 +225,7 @@ def _given_split(parts: dict[str, _Part], targets: torch.Tensor, seed: int) -> P
     train = bounds["train"]
     if "val" in bounds:
         return ProbeSplit(train, bounds["val"], bounds["test"])
-    key = _stratify_key(targets[train])
+    key = stratify_key(targets[train])
     counts = np.bincount(key)
     val_size = max(round(0.1 * len(train)), 1)
     stratified = counts[counts > 0].min() >= 2 and val_size >= (counts > 0).sum()
