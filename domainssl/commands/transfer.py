@@ -147,7 +147,7 @@ def reid_transfer(
     """Frozen-feature retrieval, or (``--protocol finetune``) AGW fine-tuning + retrieval."""
     from domainssl.transfer.reid.transfer import ReidSettings, transfer_reid
 
-    reid = ReidSettings(protocol, trials, baseline, batch_size, device)  # type: ignore[arg-type]
+    reid = ReidSettings(protocol, trials, baseline, batch_size, device, seed)  # type: ignore[arg-type]
     if protocol != "finetune":
         metrics, out_dir = transfer_reid(run_dir, data, out, reid)
         typer.echo(

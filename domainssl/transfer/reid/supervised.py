@@ -87,6 +87,7 @@ def transfer_reid_finetune(
     if settings.trials < 1:
         raise DomainSSLError(f"--trials must be at least 1, got {settings.trials}.")
     classes = len({item.pid for item in images})
+    torch.manual_seed(tuning.seed)  # the random init of the baseline and the new layers
     network, meta, two_stream = build_network(run_dir, settings.baseline, classes,
                                               tuning.non_local)  # fmt: skip
     size = person_size(meta)

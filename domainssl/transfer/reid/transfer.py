@@ -99,6 +99,8 @@ class ReidSettings:
     """``random``: the same evaluation with a randomly initialised backbone."""
     batch_size: int = 64
     device: str = "cpu"
+    seed: int = 0
+    """Seeds the random initialisation of ``random`` baselines and fine-tuned heads."""
 
 
 class Encoder:
@@ -149,6 +151,7 @@ def pretrained_encoder(run_dir: Path, settings: ReidSettings) -> Encoder:
     rgb, meta = load_backbone(run_dir)
     random = settings.baseline == "random"
     if random:
+        torch.manual_seed(settings.seed)
         rgb = backbone_for(meta).eval()  # BatchNorm with running statistics
     if meta.in_chans != 3:
         raise DomainSSLError(
