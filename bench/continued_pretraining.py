@@ -48,7 +48,7 @@ def main() -> None:
                 meta.std)  # fmt: skip
     budget = args.max_time.replace(":", "")
     common = ["--domain", "pathology", "--method", "simclr", "--data", str(args.data),
-              "--max-time", args.max_time]  # fmt: skip
+              "--max-time", args.max_time, "--set", "data.kind=chips"]  # fmt: skip
     continued = [*common, "--init", str(args.init)]
     table.pretrain_and_probe(
         f"continued from the init, {args.max_time} (default: peak LR x0.1, warmup 0.01)",

@@ -64,7 +64,8 @@ def main() -> None:
     budget = args.max_time.replace(":", "")
     for run in [r for r in args.runs if r in VARIANTS]:
         label, extra = VARIANTS[run]
-        common = ["--domain", "pathology", "--method", "simclr", "--data", str(args.data)]
+        resized = ["--set", "data.kind=chips"]  # resized patches, not native-resolution windows
+        common = ["--domain", "pathology", "--method", "simclr", "--data", str(args.data), *resized]
         args_run = [*common, *extra, "--max-time", args.max_time]
         table.pretrain_and_probe(label, f"{run}-{budget}", args_run)
     if "torchgeo" in args.runs:

@@ -37,6 +37,7 @@ from domainssl.data.samplers import (
 from domainssl.data.stain_setup import StainSetup
 from domainssl.data.stats import BandStats, compute_band_stats
 from domainssl.data.torchgeo_source import TorchGeoWindows, is_torchgeo_spec, torchgeo_dataset
+from domainssl.data.windowing import large_images
 from domainssl.errors import DomainSSLError, SkippedInputsWarning
 from domainssl.paths import DATASETS_DIR, REPO_ROOT, repo_resource
 from domainssl.views.proposals import ProposalSettings
@@ -86,11 +87,12 @@ def resolve_data_path(config: DataConfig, domain: str) -> Path:
     return path
 
 
-def detect_kind(path: Path, kind: str, domain: str) -> str:
+def detect_kind(path: Path, kind: str, domain: str, sample_size: int | None = None) -> str:
     """Scenes for a GeoTIFF file; slides for a slide, CSV or folder of slides; else chips.
 
-    A folder holds chips unless ``data.kind`` says otherwise, or, in pathology, it
-    holds slides. ``torchgeo:<Class>:<root>`` is a torchgeo data set.
+    A folder holds chips unless ``data.kind`` says otherwise, in pathology it holds
+    slides, or (given ``sample_size``) its images are more than twice the sample size: then
+    they are windowed like scenes. ``torchgeo:<Class>:<root>`` is a torchgeo data set.
     """
     if is_torchgeo_spec(path):
         return "torchgeo"
@@ -100,8 +102,12 @@ def detect_kind(path: Path, kind: str, domain: str) -> str:
         is_slides = path.suffix.lower() == ".csv" or (path.is_file() and is_slide(path))
         is_slides |= path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES
         has_slides = path.is_dir() and any(is_slide(p) for p in path.iterdir() if p.is_file())
-        return "slides" if is_slides or has_slides else "chips"
-    return "scenes" if path.is_file() else "chips"
+        if is_slides or has_slides:
+            return "slides"
+    if path.is_file():
+        return "scenes"
+    large = sample_size is not None and large_images(path, sample_size) is not None
+    return "scenes" if large else "chips"
 
 
 def build_dataset(
@@ -112,10 +118,17 @@ def build_dataset(
     SYSU-MM01, RegDB or generic RGB-IR layout."""
     if domain == "reid":
         return PersonImages(training_images(path), config.person_size), list(RGB_NAMES)
-    kind = detect_kind(path, config.kind, domain)
+    kind = detect_kind(path, config.kind, domain, config.sample_size)
     if kind == "torchgeo":
         return torchgeo_dataset(str(path), config, seed)
     if kind == "scenes":
+        if path.is_dir() and config.kind == "auto":
+            height, width = large_images(path, config.sample_size) or (0, 0)
+            say(
+                f"Images in {path} are about {width}x{height} px, more than twice "
+                f"data.sample_size={config.sample_size}: sampling native-resolution windows "
+                f"({config.samples_per_epoch} per epoch; data.kind=chips resizes them instead)."
+            )
         scenes = SceneWindows(
             list_scenes(path),
             size=config.sample_size,
@@ -184,7 +197,7 @@ def prepare_pretrain_data(
     else:
         stats = compute_band_stats(dataset, config.stats_samples, source, seed=seed)
         stats.save(stats_file)
-    kind = detect_kind(path, config.kind, domain)
+    kind = detect_kind(path, config.kind, domain, config.sample_size)
     if proposals is not None:
         store = None
         if kind == "chips":

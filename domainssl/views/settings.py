@@ -63,8 +63,9 @@ class PathologyViewsConfig(CropViewsConfig):
     preset: Literal["pathology"] = "pathology"
     hed_sigma: float = 0.05
     """Multiplicative HED stain jitter (Tellez et al. 2018 "HED-light": 0.05)."""
-    hed_bias: float = 0.05
-    """Additive HED stain jitter."""
+    hed_bias: float = 0.0036
+    """Additive HED stain jitter in scikit-image >= 0.18 ``rgb2hed`` units. Tellez et al.'s
+    0.05 was in older scikit-image's natural-log OD units: 0.05 / ln(1e6) ~ 0.0036 here."""
 
 
 class ReidViewsConfig(ViewsConfig):

@@ -7,16 +7,21 @@ concentration; Macenko et al. (2009) and Reinhard et al. (2001) normalize stain 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from kornia.color import lab_to_rgb, rgb_to_lab
 
-# Rows: haematoxylin, eosin, DAB optical-density directions (scikit-image's rgb_from_hed).
+# Rows: haematoxylin, eosin, DAB optical-density directions (scikit-image's rgb_from_hed,
+# Ruifrok & Johnston 2001, as scikit-image uses them: not renormalized).
 RGB_FROM_HED = torch.tensor(
     [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64
 )
-RGB_FROM_HED = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
+SKIMAGE_STAIN_UNIT = -math.log(1e-6)
+"""Natural-log optical density per stain unit of scikit-image >= 0.18's ``rgb2hed`` /
+``hed2rgb`` (they divide the OD by ln(1e6) ~ 13.8; before 0.18, ``rgb2hed`` returned the
+natural-log OD itself)."""
 MIN_INTENSITY = 1 / 255  # darker than one 8-bit step is noise, not stain (OD capped at 5.5)
 QUANTILE_SAMPLES = 4_000_000
 """Values a percentile is estimated from: torch.quantile refuses inputs over 16M elements,
@@ -47,21 +52,37 @@ def od_to_rgb(od: torch.Tensor) -> torch.Tensor:
 
 
 def hed_jitter(images: torch.Tensor, sigma: float, bias: float) -> torch.Tensor:
-    """Tellez et al. (2018): per-image, per-stain ``c * U(1-sigma, 1+sigma) + U(-bias, bias)``.
+    """Tellez et al. (2018): per-image, per-stain ``c * U(1-sigma, 1+sigma) + U(-bias, bias)``
+    on the stain concentrations ``c`` of scikit-image's ``rgb2hed``.
 
     Args:
         images: (B, 3, H, W) RGB in [0, 1].
-        sigma: multiplicative strength (Tellez's "HED-light": 0.05).
-        bias: additive strength in concentration units.
+        sigma: multiplicative strength (unit-free; Tellez's "HED-light": 0.05).
+        bias: additive strength in scikit-image >= 0.18 stain units (what ``rgb2hed``
+            returns today). Tellez et al.'s 0.05 was computed with an older scikit-image
+            whose units were natural-log OD: 0.05 / ln(1e6) ~ 0.0036 in today's units.
     """
-    b = images.shape[0]
+    b, shape = images.shape[0], (images.shape[0], 1, 1, 3)
+    scale = 1 + (torch.rand(shape, device=images.device) * 2 - 1) * sigma
+    shift = (torch.rand(shape, device=images.device) * 2 - 1) * bias
+    return perturb_stains(images, scale.view(b, 3), shift.view(b, 3))
+
+
+def perturb_stains(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Images whose stain concentrations (scikit-image units) become ``c * scale + shift``,
+    per image and stain: what ``hed2rgb(rgb2hed(x) * scale + shift)`` gives where the
+    concentrations are not negative (``rgb2hed`` clips them at 0; this keeps them).
+
+    Args:
+        images: (B, 3, H, W) RGB in [0, 1].
+        scale: (B, 3) factor per haematoxylin, eosin, DAB.
+        shift: (B, 3) addition, in scikit-image stain units.
+    """
     matrix = RGB_FROM_HED.to(images.device, images.dtype)  # (3 stains, 3 rgb)
-    inverse = torch.linalg.inv(matrix)
     od = rgb_to_od(images).permute(0, 2, 3, 1)  # (B, H, W, 3)
-    concentrations = od @ inverse  # (B, H, W, 3 stains)
-    scale = 1 + (torch.rand(b, 1, 1, 3, device=images.device) * 2 - 1) * sigma
-    shift = (torch.rand(b, 1, 1, 3, device=images.device) * 2 - 1) * bias
-    change = (concentrations * (scale - 1) + shift) @ matrix  # (B, H, W, 3) OD change
+    concentrations = od @ torch.linalg.inv(matrix)  # (B, H, W, 3 stains), natural-log OD
+    scale, shift = scale[:, None, None].to(images.dtype), shift[:, None, None].to(images.dtype)
+    change = (concentrations * (scale - 1) + shift * SKIMAGE_STAIN_UNIT) @ matrix  # OD change
     # I * exp(-change) equals exp(-new OD) above the OD floor and keeps zero strength exact
     return (images * torch.exp(-change.permute(0, 3, 1, 2))).clamp(0, 1)
 

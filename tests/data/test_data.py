@@ -123,3 +123,50 @@ def test_stats_are_cached_for_the_same_source(tif_chips: Path, tmp_path: Path) -
     assert prepare_pretrain_data(config, "eo", tmp_path).stats.mean[0] == 123.0
     direct = compute_band_stats(first.dataset, 8, "x")
     assert direct.mean == pytest.approx(first.stats.mean)
+
+
+def write_large_images(folder: Path, count: int = 3, side: int = 100) -> list[np.ndarray]:
+    """``count`` random RGB PNGs of ``side`` px in a class subfolder, as MoNuSeg-like tiles."""
+    rng = np.random.default_rng(0)
+    (folder / "tiles").mkdir(parents=True)
+    images = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(count)]
+    for index, pixels in enumerate(images):
+        Image.fromarray(pixels).save(folder / "tiles" / f"tile_{index}.png")
+    return images
+
+
+@pytest.mark.parametrize("domain", ["eo", "pathology"])
+def test_a_folder_of_images_over_twice_the_sample_size_is_windowed_not_shrunk(
+    tmp_path: Path, domain: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = write_large_images(tmp_path / "data")
+    config = DataConfig(path=str(tmp_path / "data"), sample_size=32, samples_per_epoch=24,
+                        stats_samples=8)  # fmt: skip
+    data = prepare_pretrain_data(config, domain, tmp_path / "run")
+    assert isinstance(data.dataset, SceneWindows) and len(data.dataset) == 24
+    assert data.band_names == ["red", "green", "blue"]  # as chips of the same files
+    assert "about 100x100 px, more than twice data.sample_size=32" in capsys.readouterr().out
+    window = data.dataset[0]["image"].numpy().transpose(1, 2, 0)  # (32, 32, 3)
+    found = sum(
+        (np.lib.stride_tricks.sliding_window_view(pixels, (32, 32, 3))[..., 0, :, :, :] == window)
+        .all(axis=(-3, -2, -1))
+        .sum()
+        for pixels in images
+    )
+    assert found == 1  # a native-resolution window of one of the images
+
+
+def test_data_kind_chips_keeps_resizing_large_images(tmp_path: Path) -> None:
+    write_large_images(tmp_path / "data")
+    config = DataConfig(path=str(tmp_path / "data"), sample_size=32, kind="chips",
+                        stats_samples=8)  # fmt: skip
+    data = prepare_pretrain_data(config, "eo", tmp_path / "run")
+    assert isinstance(data.dataset, InMemoryChips) and len(data.dataset) == 3
+    assert data.dataset[0]["image"].shape == (3, 32, 32)
+
+
+def test_images_under_twice_the_sample_size_stay_chips(tmp_path: Path) -> None:
+    write_large_images(tmp_path / "data", side=60)
+    config = DataConfig(path=str(tmp_path / "data"), sample_size=32, stats_samples=8)
+    dataset = prepare_pretrain_data(config, "eo", tmp_path / "run").dataset
+    assert isinstance(dataset, InMemoryChips) and len(dataset) == 3

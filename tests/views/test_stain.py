@@ -1,5 +1,6 @@
 """Stain views: HED jitter identity and range, Macenko recovers constructed stain vectors."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from domainssl.views.stain import (
     hed_jitter,
     macenko_stains,
     od_to_rgb,
+    perturb_stains,
     stain_normalizer_from_state,
 )
 
@@ -30,6 +32,35 @@ def test_hed_jitter_stays_in_range_and_changes_colour() -> None:
     jittered = hed_jitter(images, 0.3, 0.1)
     assert jittered.min() >= 0 and jittered.max() <= 1
     assert not torch.allclose(jittered, images, atol=1e-3)
+
+
+def test_stain_perturbation_equals_scikit_image_hed_round_trip() -> None:
+    """The bias is in scikit-image's rgb2hed units: hed2rgb(rgb2hed(x) * a + b) == ours."""
+    from skimage.color import hed2rgb, rgb2hed
+
+    rng = np.random.default_rng(0)
+    stains = rng.uniform(0.0, 0.08, (2, 8, 8, 3))  # H, E, DAB concentrations >= 0
+    stains[..., 2] *= 0.2  # little DAB, as in H&E
+    rgb = hed2rgb(stains)  # (2, 8, 8, 3) in [0, 1]
+    scale = np.array([[1.05, 0.95, 1.0], [0.97, 1.03, 1.02]])
+    shift = np.array([[0.02, -0.01, 0.005], [-0.015, 0.03, 0.0]])
+    expected = np.stack([hed2rgb(rgb2hed(rgb[i]) * scale[i] + shift[i]) for i in range(2)])
+    images = torch.from_numpy(rgb).permute(0, 3, 1, 2)  # (2, 3, 8, 8), float64
+    ours = perturb_stains(images, torch.from_numpy(scale), torch.from_numpy(shift))
+    assert np.abs(ours.permute(0, 2, 3, 1).numpy() - expected).max() < 1e-6
+
+
+def test_a_bias_of_005_moves_rgb_as_much_as_scikit_image_does() -> None:
+    from skimage.color import hed2rgb, rgb2hed
+
+    rgb = hed2rgb(np.full((4, 4, 3), [0.05, 0.04, 0.005]))  # an H&E-like pink-purple
+    shifted = hed2rgb(rgb2hed(rgb) + np.array([0.05, 0.0, 0.0]))  # more haematoxylin
+    images = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    ours = perturb_stains(images, torch.ones(1, 3, dtype=torch.float64),
+                          torch.tensor([[0.05, 0.0, 0.0]], dtype=torch.float64))  # fmt: skip
+    move_skimage = np.abs(shifted - rgb).mean()
+    move_ours = (ours - images).abs().mean().item()
+    assert move_skimage > 0.05 and abs(move_ours / move_skimage - 1) < 1e-4
 
 
 def test_macenko_recovers_constructed_stain_vectors() -> None:
