@@ -11,15 +11,19 @@ logistic-regression probe on frozen pooled features is fit on the same fixed str
 split (70/10/20, seed 0; L2 chosen on the validation part).
 
     python bench/hed_bias_tuning.py --data ../shared/data/lc25000_lung
+
+``--report-only`` rewrites the results.md section from the runs saved under ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,10 +43,28 @@ DEFAULT_BIASES = [0.0036, 0.02, 0.05]
 def describe(bias: float) -> str:
     """What a bias value corresponds to, for the table."""
     if math.isclose(bias, OLD_BIAS, rel_tol=0.02):
-        return "before: the old default 0.05 in ln-OD (Tellez et al.'s value)"
+        return "before: the old 0.05 in ln-OD (Tellez et al.'s value)"
     if math.isclose(bias, 0.05):
-        return "current configs: 0.05 in today's skimage units (13.8x stronger)"
+        return "0.05 in today's skimage units (modern re-implementations; 13.8x stronger)"
     return f"in between ({bias / OLD_BIAS:.1f}x the old strength)"
+
+
+def reading(rows: dict[float, dict[str, Any]], noise: float) -> str:
+    """A short reading of the rows: the best bias and how far the others are behind it."""
+    best = max(rows, key=lambda bias: rows[bias]["test_accuracy"])
+    top = rows[best]["test_accuracy"]
+    gaps = ", ".join(
+        f"{bias:g} by {100 * (top - row['test_accuracy']):.1f} points"
+        + (" (within run-to-run noise)" if top - row["test_accuracy"] <= noise else "")
+        for bias, row in rows.items()
+        if bias != best
+    )
+    return (
+        f"Best: hed_bias={best:g} ({top:.4f}); behind it: {gaps}. Single runs of this probe "
+        f"differ by up to ~{100 * noise:.0f} point at a fixed setting (see the notes elsewhere "
+        "in this file). The winner is chosen on the test probe of one pretraining seed: "
+        "weak evidence, a direction rather than a tuned optimum."
+    )
 
 
 def main() -> None:
@@ -51,51 +73,62 @@ def main() -> None:
     parser.add_argument("--biases", type=float, nargs="+", default=DEFAULT_BIASES)
     parser.add_argument("--epochs", type=int, default=10, help="pretraining epochs per bias")
     parser.add_argument("--seed", type=int, default=0, help="trainer.seed of every run")
+    parser.add_argument("--noise", type=float, default=0.01, help="run-to-run noise, accuracy")
     parser.add_argument("--out", type=Path, default=Path("bench/out/hed_bias_tuning"))
     parser.add_argument("--section", default="hed-bias-tuning", help="results.md section")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the section from OUT's saved results"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
-    wall_start = time.time()
 
     config = load_config("pathology", "simclr")
     assert isinstance(config.views, PathologyViewsConfig)
     size = config.data.sample_size
-    chips = InMemoryChips(ChipFolder(args.data, size=size), num_workers=2)
-    table = ProbeTable(chips.images, chips.labels.numpy(), args.out)
-
-    labels: dict[float, str] = {}
-    for bias in args.biases:
-        label = labels[bias] = f"hed_bias={bias:g}"
-        run_args = [
-            *["--domain", "pathology", "--method", "simclr", "--data", str(args.data)],
-            *["--set", "data.kind=chips"],  # resized patches, as pathology-quality
-            *["--epochs", str(args.epochs)],
-            *["--set", f"views.hed_bias={bias}", "--set", f"trainer.seed={args.seed}"],
-        ]
-        table.pretrain_and_probe(label, f"bias-{bias:g}", run_args)
-    table.markdown()  # saves results.json next to the runs
-    wall_s = round(time.time() - wall_start)
+    saved = args.out / "summary.json"
+    if args.report_only:
+        summary = json.loads(saved.read_text())
+    else:
+        wall_start = time.time()
+        chips = InMemoryChips(ChipFolder(args.data, size=size), num_workers=2)
+        table = ProbeTable(chips.images, chips.labels.numpy(), args.out)
+        for bias in args.biases:
+            run_args = [
+                *["--domain", "pathology", "--method", "simclr", "--data", str(args.data)],
+                *["--epochs", str(args.epochs)],
+                *["--set", f"views.hed_bias={bias}", "--set", f"trainer.seed={args.seed}"],
+                *["--set", "data.kind=chips"],  # resized patches, not native-resolution windows
+            ]
+            table.pretrain_and_probe(f"hed_bias={bias:g}", f"bias-{bias:g}", run_args)
+        table.markdown()  # saves results.json next to the runs
+        summary = {
+            "patches": len(chips),
+            "wall_s": round(time.time() - wall_start),
+            "rows": {str(bias): table.rows[f"hed_bias={bias:g}"] for bias in args.biases},
+        }
+        saved.write_text(json.dumps(summary, indent=2))
+    rows = {float(bias): row for bias, row in summary["rows"].items()}
 
     lines = [
         "| bias (skimage units) | what it is | linear probe test accuracy | L2 (chosen on val) "
-        "| pretrain s (incl. export load) |",
+        "| pretrain s (whole CLI run) |",
         "|---|---|---|---|---|",
     ]
-    for bias in args.biases:
-        row = table.rows[labels[bias]]
+    for bias, row in rows.items():
         lines.append(
             f"| {bias:g} | {describe(bias)} | {row['test_accuracy']:.4f} | {row['best_l2']} "
             f"| {row['pretrain_s']} |"
         )
-    markdown = "\n".join(lines)
+    markdown = "\n".join(lines) + "\n\n" + reading(rows, args.noise)
     print(markdown)
-    print(f"wall time {wall_s} s", flush=True)
+    print(f"wall time {summary['wall_s']} s", flush=True)
     if args.section:
-        biases = " ".join(f"{b:g}" for b in args.biases)
+        biases = " ".join(f"{b:g}" for b in rows)
         header = (
-            f"## HED stain-jitter bias: linear probe on {args.data.name} ({len(chips)} patches "
-            f"at {size} px, split 70/10/20 seed 0), simclr + pathology views, {args.epochs} "
-            f"epochs per bias, seed {args.seed}, 2 CPU cores (shared), total {wall_s} s\n\n"
+            f"## HED stain-jitter bias: linear probe on {args.data.name} ({summary['patches']} "
+            f"patches at {size} px, split 70/10/20 seed 0), simclr + pathology views, "
+            f"{args.epochs} epochs per bias, seed {args.seed}, one run after another on 2 CPU "
+            f"cores (shared with other jobs), total {summary['wall_s']} s\n\n"
             f"Command: `python bench/hed_bias_tuning.py --data {args.data} --biases {biases}`\n"
         )
         write_section(args.section, header + "\n" + markdown)
