@@ -33,8 +33,9 @@ def run_sweep(args: argparse.Namespace, protocol: str) -> tuple[dict, float]:
     return json.loads((out / "metrics.json").read_text()), time.time() - start
 
 
-def table(metrics: dict) -> str:
-    rows = ["| init | labels (share) | accuracy, mean ± 95% t | per seed |", "|---|---|---|---|"]
+def table(metrics: dict, metric: str = "accuracy", labels: str = "labels") -> str:
+    """One row per init and fraction: labels used, mean ± 95% t interval, each seed."""
+    rows = [f"| init | {labels} (share) | {metric}, mean ± 95% t | per seed |", "|---|---|---|---|"]
     for init, points in metrics["curves"].items():
         for p in points:
             interval = "" if p["low"] is None else f" ± {p['high'] - p['mean']:.4f}"

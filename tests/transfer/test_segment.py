@@ -159,6 +159,20 @@ def test_training_tiles_pad_small_images_with_ignore(tmp_path: Path) -> None:
     assert int(padded.sum()) == 32 * 32 - 20 * 20 and bool((sample["image"][:, padded] == 0).all())
 
 
+def test_training_tiles_of_few_images_fill_a_batch_with_different_tiles(tmp_path: Path) -> None:
+    source = whole_set(write_segmentation_folder(tmp_path, count=2, size=64))
+    tiles = TrainingTiles(source, 16, min_tiles=8)
+    assert len(tiles) == 8
+    torch.manual_seed(0)
+    batch = [tiles[i]["image"] for i in range(8)]
+    assert len({tuple(t.flatten()[:32].tolist()) for t in batch}) == 8  # random, not repeats
+    whole = TrainingTiles(source, 64, min_tiles=8)  # a tile is the whole image, turned
+    sums = [float(source[i]["image"].sum()) for i in range(2)]
+    assert sums[0] != sums[1]
+    assert [float(whole[i]["image"].sum()) for i in range(8)] == pytest.approx(sums * 4)
+    assert len(TrainingTiles(source, 16, min_tiles=1)) == 2  # one tile per image per epoch
+
+
 @pytest.mark.parametrize("name", ["resnet10t", "resnet18"])
 def test_pretrained_encoder_weights_really_load(name: str) -> None:
     torch.manual_seed(0)

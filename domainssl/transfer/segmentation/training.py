@@ -59,16 +59,18 @@ def random_tile(
 
 
 class TrainingTiles(Dataset[Sample]):
-    """One random augmented tile per image of ``source`` per epoch."""
+    """Random augmented tiles, one per image of ``source`` per epoch, and at least
+    ``min_tiles`` (the images taken in turn), so that a set of one to a few images still
+    fills whole batches instead of training on batches of one tile."""
 
-    def __init__(self, source: SegmentationSet, tile: int) -> None:
-        self.source, self.tile = source, tile
+    def __init__(self, source: SegmentationSet, tile: int, min_tiles: int = 1) -> None:
+        self.source, self.tile, self.min_tiles = source, tile, min_tiles
 
     def __len__(self) -> int:
-        return len(self.source)
+        return max(len(self.source), self.min_tiles)
 
     def __getitem__(self, index: int) -> Sample:
-        sample = self.source[index]
+        sample = self.source[index % len(self.source)]
         ignore = self.source.encoding.ignore_index
         image, mask = random_tile(sample["image"], sample["mask"], self.tile, ignore)
         return {"image": image.contiguous(), "mask": mask.contiguous()}
@@ -148,7 +150,7 @@ def train_segmenter(
     model.encoder.requires_grad_(not config.freeze_encoder)
     forward = replicate(model, shard, target)
     optimizer = _optimizer(model, config)
-    tiles = TrainingTiles(train_set, config.tile)
+    tiles = TrainingTiles(train_set, config.tile, min_tiles=config.batch_size * shard.world)
     share = len(tiles) // shard.world
     sampler: DistributedSampler | None = None
     if shard.world > 1:
