@@ -29,6 +29,8 @@ from domainssl.transfer.segmentation.overlays import save_overlays
 from domainssl.transfer.segmentation.training import (
     SegmentTrainConfig,
     TrainingTiles,
+    _optimizer,
+    config_for_init,
     evaluate_segmenter,
     fit_segmenter,
     predict_logits,
@@ -260,3 +262,16 @@ def test_a_time_budget_without_epochs_trains_until_it_is_spent(tmp_path: Path) -
     summary = fit_segmenter(model, meta=make_meta(), train_set=data, config=config, device="cpu")
     assert summary.stopped_by_time and time.monotonic() - start >= 1.5
     assert len(summary.epoch_losses) == summary.steps > 1  # one step per epoch, many epochs
+
+
+def test_a_random_init_encoder_learns_at_the_decoder_rate_a_pretrained_one_slower() -> None:
+    model = build_segmenter(make_meta(), 2, None, decoder_width=16)
+    config = SegmentTrainConfig(lr=1e-3)
+
+    def rates(baseline: str) -> list[float]:
+        return sorted(
+            g["lr"] for g in _optimizer(model, config_for_init(config, baseline)).param_groups
+        )
+
+    assert rates("pretrained") == pytest.approx([1e-4, 1e-3])
+    assert rates("random") == pytest.approx([1e-3, 1e-3])

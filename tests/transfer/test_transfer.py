@@ -17,6 +17,7 @@ from domainssl.errors import DomainSSLError
 from domainssl.export import BackboneMeta, export_backbone, load_backbone, preprocess
 from domainssl.models.backbones import create_backbone, first_conv_key
 from domainssl.models.knn import KNNHead
+from domainssl.transfer.classification.finetune import FinetuneConfig, config_for_init
 from domainssl.transfer.classification.metrics import score
 from domainssl.transfer.classification.probe import ProbeSplit, fit_linear_head
 from domainssl.transfer.classification.transfer import embed, load_classifier
@@ -208,3 +209,11 @@ def test_multilabel_csv_transfer_reports_map_and_f1(tmp_path: Path, protocol: st
     assert 0 < metrics["mAP"] <= 1 and 0 <= metrics["f1_micro"] <= 1
     assert set(metrics["per_class_ap"]) == {"class_0", "class_1", "even", "odd"}
     assert "mAP" in (tmp_path / f"run-classify-{protocol}" / "report.md").read_text()
+
+
+def test_a_random_init_backbone_fine_tunes_at_the_head_rate_a_pretrained_one_slower() -> None:
+    config = FinetuneConfig(lr=1e-3, seed=3)
+    assert config_for_init(config, "pretrained") == config  # backbone at 0.1x the head
+    assert config_for_init(config, "random") == FinetuneConfig(
+        lr=1e-3, seed=3, backbone_lr_scale=1.0
+    )

@@ -6,7 +6,7 @@ import copy
 import itertools
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -36,11 +36,17 @@ class FinetuneConfig:
     batch_size: int = 64
     lr: float = 1e-3
     backbone_lr_scale: float = 0.1
-    """The pretrained backbone learns this many times slower than the new head."""
+    """The pretrained backbone learns this many times slower than the new head; see
+    :func:`config_for_init` for random init."""
     weight_decay: float = 1e-4
     seed: int = 0
     devices: int = 1
     """Processes (one per CUDA device, or CPU processes) training DDP replicas."""
+
+
+def config_for_init(config: FinetuneConfig, baseline: str) -> FinetuneConfig:
+    """A random-init backbone has nothing to preserve: it learns at the head's full rate."""
+    return replace(config, backbone_lr_scale=1.0) if baseline == "random" else config
 
 
 class Classifier(nn.Module):

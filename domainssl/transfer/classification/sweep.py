@@ -19,7 +19,12 @@ from torch import nn
 from domainssl.data.labeled import LabeledSet, ProbeSplit, load_labeled, stratify_key
 from domainssl.export import backbone_for, load_backbone, preprocess
 from domainssl.models.knn import KNNHead
-from domainssl.transfer.classification.finetune import Classifier, finetune, predict
+from domainssl.transfer.classification.finetune import (
+    Classifier,
+    config_for_init,
+    finetune,
+    predict,
+)
 from domainssl.transfer.classification.metrics import score
 from domainssl.transfer.classification.probe import fit_linear_head
 from domainssl.transfer.classification.transfer import ClassifySettings, embed
@@ -64,7 +69,8 @@ def transfer_classify_sweep(
             backbone = backbone_of(baseline, seed).to(settings.device)
             torch.manual_seed(seed)
             model = Classifier(backbone, nn.Linear(meta.feature_dim, classes), data.multilabel)
-            finetune(model.to(settings.device), inputs, part, replace(settings.finetune, seed=seed))
+            config = config_for_init(replace(settings.finetune, seed=seed), baseline)
+            finetune(model.to(settings.device), inputs, part, config)
             outputs = predict(model, inputs[split.test])
         else:
             key = (baseline, seed if baseline == "random" else 0)  # pretrained: embed once

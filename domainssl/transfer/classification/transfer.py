@@ -16,7 +16,13 @@ from domainssl.data.labeled import PARTS, LabeledSet, load_labeled
 from domainssl.export import BackboneMeta, backbone_for, load_backbone, preprocess
 from domainssl.io import atomic_write_text
 from domainssl.models.knn import KNNHead
-from domainssl.transfer.classification.finetune import Classifier, FinetuneConfig, finetune, predict
+from domainssl.transfer.classification.finetune import (
+    Classifier,
+    FinetuneConfig,
+    config_for_init,
+    finetune,
+    predict,
+)
 from domainssl.transfer.classification.metrics import classification_metrics, score
 from domainssl.transfer.classification.probe import fit_linear_head
 from domainssl.transfer.classification.report import save_confusion_png, write_classify_report
@@ -53,7 +59,9 @@ def transfer_classify(
     if settings.protocol == "finetune":
         head: nn.Module = nn.Linear(meta.feature_dim, classes)
         model = Classifier(backbone, head, data.multilabel).to(settings.device)
-        val_score = finetune(model, inputs, data, settings.finetune)
+        val_score = finetune(
+            model, inputs, data, config_for_init(settings.finetune, settings.baseline)
+        )
     else:
         features = embed(backbone, inputs)  # (N, D)
         split = data.split

@@ -23,7 +23,11 @@ from domainssl.transfer.label_efficiency import (
 )
 from domainssl.transfer.segmentation.data import SegmentationSet, load_segmentation_data
 from domainssl.transfer.segmentation.model import build_segmenter
-from domainssl.transfer.segmentation.training import evaluate_segmenter, fit_segmenter
+from domainssl.transfer.segmentation.training import (
+    config_for_init,
+    evaluate_segmenter,
+    fit_segmenter,
+)
 from domainssl.transfer.segmentation.transfer import SegmentSettings
 
 
@@ -43,7 +47,7 @@ def transfer_segment_sweep(
         torch.manual_seed(seed)
         encoder = None if baseline == "random" else pretrained
         model = build_segmenter(meta, data.encoding.num_classes, encoder)
-        config = replace(settings.train, seed=seed)
+        config = config_for_init(replace(settings.train, seed=seed), baseline)
         fit_segmenter(model, meta, part, config, settings.device)
         scores = evaluate_segmenter(model, meta, data.test, config.tile, settings.device)
         return scores.miou, len(part)

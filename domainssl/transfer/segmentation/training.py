@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -88,13 +88,19 @@ class SegmentTrainConfig:
     batch_size: int = 8
     lr: float = 1e-3
     encoder_lr_scale: float = 0.1
-    """The pretrained encoder learns at ``lr`` times this (the new decoder at ``lr``)."""
+    """The pretrained encoder learns at ``lr`` times this (the new decoder at ``lr``); see
+    :func:`config_for_init` for random init."""
     freeze_encoder: bool = False
     weight_decay: float = 1e-4
     seed: int = 0
     num_workers: int = 0
     devices: int = 1
     """Processes (one per CUDA device, or CPU processes) training DDP replicas."""
+
+
+def config_for_init(config: SegmentTrainConfig, baseline: str) -> SegmentTrainConfig:
+    """A random-init encoder has nothing to preserve: it learns at the decoder's full rate."""
+    return replace(config, encoder_lr_scale=1.0) if baseline == "random" else config
 
 
 @dataclass

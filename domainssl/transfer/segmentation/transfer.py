@@ -20,6 +20,7 @@ from domainssl.transfer.segmentation.model import Segmenter, build_segmenter
 from domainssl.transfer.segmentation.overlays import save_overlays
 from domainssl.transfer.segmentation.training import (
     SegmentTrainConfig,
+    config_for_init,
     evaluate_segmenter,
     fit_segmenter,
 )
@@ -46,7 +47,8 @@ def transfer_segment(
     encoder_state = None if settings.baseline == "random" else load_file(str(run_dir / WEIGHTS))
     data = load_segmentation_data(data_path, meta.in_chans, seed=settings.train.seed)
     model = build_segmenter(meta, data.encoding.num_classes, encoder_state)
-    summary = fit_segmenter(model, meta, data.train, settings.train, settings.device)
+    training = config_for_init(settings.train, settings.baseline)
+    summary = fit_segmenter(model, meta, data.train, training, settings.device)
     scores = evaluate_segmenter(model, meta, data.test, settings.train.tile, settings.device)
     metrics: dict[str, Any] = {
         **asdict(scores),
