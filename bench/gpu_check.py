@@ -53,7 +53,8 @@ CHIPS = DATASETS_DIR / "eurosat_demo"
 SCENE = DATASETS_DIR / "rgbn_demo" / "rgbn.tif"
 SLIDES = DATASETS_DIR / "pathology_demo" / "slides"
 HE_PATCHES = DATASETS_DIR / "pathology_demo" / "he_patches" / "kather2016_tiles"
-METHODS = ["simclr", "moco", "byol", "simsiam", "orl", "mmgl"]
+METHODS = ["simclr", "moco", "byol", "simsiam", "orl", "mmgl", "densecl", "dino", "ibot", "mae"]
+VIT_METHODS = ("ibot", "mae")  # their configs' ViT backbone, at 32 px (2x2 patches) in --dry
 
 
 @dataclass(frozen=True)
@@ -75,15 +76,29 @@ class Sizes:
             return cls(True, "cpu", "resnet10t", 32, 8, 2, 512, [0, 1])
         return cls(False, "gpu", "resnet50", 224, 64, 50, 8192, [1, 2, 4, 8])
 
+    def small_heads(self, method: str) -> list[str]:
+        """Narrow projection heads for --dry (each method's own keys); none on a GPU."""
+        if not self.dry or method == "mae":
+            return []
+        if method in ("dino", "ibot"):
+            return ["method.out_dim=256", "method.hidden_dim=64", "method.bottleneck_dim=32",
+                    "method.local_crops=2"]  # fmt: skip
+        small = ["method.proj_hidden_dim=64", "method.proj_dim=32"]
+        if method in ("byol", "simsiam", "orl"):
+            small.append("method.pred_hidden_dim=32")
+        return small
+
     def pretrain_sets(self, method: str) -> list[str]:
         epochs = math.ceil(self.steps / max(300 // self.batch, 1))  # 300 demo chips
-        small = ["method.proj_hidden_dim=64", "method.proj_dim=32"] if self.dry else []
-        if method in ("byol", "simsiam", "orl") and self.dry:
-            small.append("method.pred_hidden_dim=32")
+        sets = [f"data.batch_size={self.batch}", f"trainer.epochs={epochs}",
+                "data.num_workers=2", *self.small_heads(method)]  # fmt: skip
         if method == "orl":  # superpixel grouping: the device's OpenCV has no contrib modules
-            small.append("views.proposal_method=grouping")
-        sets = [f"model.backbone={self.backbone}", f"data.batch_size={self.batch}",
-                f"trainer.epochs={epochs}", "data.num_workers=2", *small]  # fmt: skip
+            sets.append("views.proposal_method=grouping")
+        if method in VIT_METHODS:
+            crop = 32 if self.dry else self.sample
+            return [*sets, f"data.sample_size={crop}", f"views.crop_size={crop}",
+                    "data.samples_per_epoch=300"]  # fmt: skip
+        sets.append(f"model.backbone={self.backbone}")
         if method == "mmgl":
             person = "[32,16]" if self.dry else "[288,144]"
             return [*sets, f"data.person_size={person}", "model.small_input=false"]

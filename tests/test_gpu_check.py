@@ -19,7 +19,8 @@ def test_gpu_check_dry_runs_every_step_and_writes_its_reports(tmp_path: Path) ->
     failures = {s["name"]: s["error"] for s in report["steps"] if not s["ok"]}
     assert result.returncode == 0 and not failures, failures or result.stdout[-3000:]
     names = [step["name"] for step in report["steps"]]
-    for method in ("simclr", "moco", "byol", "simsiam", "orl", "mmgl"):
+    scene_level = ["simclr", "moco", "byol", "simsiam", "densecl", "dino", "ibot", "mae"]
+    for method in [*scene_level, "orl", "mmgl"]:
         assert f"pretrain {method} bf16-mixed" in names
     rates = next(s for s in report["steps"] if s["name"].startswith("throughput"))["details"]
     assert rates["ours_images_per_s"] > 0 and rates["lightly_images_per_s"] > 0
