@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +48,7 @@ def transfer_classify(
 ) -> dict[str, Any]:
     """Transfer the backbone of ``run_dir`` to the labeled set; write the model and report."""
     start = time.monotonic()
+    settings = replace(settings, finetune=config_for_init(settings.finetune, settings.baseline))
     torch.manual_seed(settings.seed)
     backbone, meta = load_backbone(run_dir)
     if settings.baseline == "random":
@@ -59,9 +60,7 @@ def transfer_classify(
     if settings.protocol == "finetune":
         head: nn.Module = nn.Linear(meta.feature_dim, classes)
         model = Classifier(backbone, head, data.multilabel).to(settings.device)
-        val_score = finetune(
-            model, inputs, data, config_for_init(settings.finetune, settings.baseline)
-        )
+        val_score = finetune(model, inputs, data, settings.finetune)
     else:
         features = embed(backbone, inputs)  # (N, D)
         split = data.split

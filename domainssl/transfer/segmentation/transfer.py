@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,13 +42,13 @@ def transfer_segment(
     """Fit a UNet-style decoder (and, unless frozen, the encoder) on the backbone of
     ``run_dir``; evaluate whole test images tile by tile; write model, metrics, report."""
     start = time.monotonic()
+    settings = replace(settings, train=config_for_init(settings.train, settings.baseline))
     torch.manual_seed(settings.train.seed)
     meta = read_meta(run_dir)
     encoder_state = None if settings.baseline == "random" else load_file(str(run_dir / WEIGHTS))
     data = load_segmentation_data(data_path, meta.in_chans, seed=settings.train.seed)
     model = build_segmenter(meta, data.encoding.num_classes, encoder_state)
-    training = config_for_init(settings.train, settings.baseline)
-    summary = fit_segmenter(model, meta, data.train, training, settings.device)
+    summary = fit_segmenter(model, meta, data.train, settings.train, settings.device)
     scores = evaluate_segmenter(model, meta, data.test, settings.train.tile, settings.device)
     metrics: dict[str, Any] = {
         **asdict(scores),
