@@ -287,10 +287,10 @@ def main() -> None:
     rgbn = ["--set=data.kind=scenes", "--set=data.samples_per_epoch=128"]
     check.step("pretrain simclr on the RGB+NIR scene", lambda: check.pretrain(
         "simclr", "--data", str(SCENE), *rgbn, name="rgbn"))  # fmt: skip
-    check.step("transfer segment finetune", lambda: check.cli(
+    check.step("transfer segment finetune (frozen warm-up, then all)", lambda: check.cli(
         "transfer", str(runs / "rgbn"), "--task", "segment", "--data", str(seg_data),
-        "--protocol", "finetune", "--epochs", "1", "--tile", "64", "--out", str(segment),
-        *acc))  # fmt: skip
+        "--protocol", "finetune", "--epochs", "2", "--frozen-warmup", "0.5", "--tile", "64",
+        "--out", str(segment), *acc))  # fmt: skip
     mosaic = build_mosaic(SCENE, sizes.mosaic, args.out)
 
     def infer_geotiff() -> dict[str, Any]:

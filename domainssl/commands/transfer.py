@@ -79,6 +79,20 @@ def transfer(
     compare_random: Annotated[
         bool, typer.Option(help="Also run random init on the same subsets and seeds.")
     ] = False,
+    random_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="A finished random-init sweep folder (--baseline random --seeds ...): its "
+            "curve is drawn and tabled beside this one instead of training random init again."
+        ),
+    ] = None,
+    frozen_warmup: Annotated[
+        float,
+        typer.Option(
+            help="Segment finetune: share of the budget that trains the decoder on a frozen "
+            "pretrained encoder before everything is fine-tuned (e.g. 0.3; random init: none)."
+        ),
+    ] = 0.0,
 ) -> None:
     """Transfer a pretrained backbone to labeled data and write model, metrics and report."""
     from domainssl.config import parse_duration
@@ -106,7 +120,12 @@ def transfer(
         raise DomainSSLError(f"--protocol {protocol} is for --task reid (not {task}).")
     if seeds < 1:
         raise DomainSSLError(f"--seeds must be at least 1, got {seeds}.")
-    plan = SweepPlan(parse_fractions(label_fractions), seeds, compare_random)
+    if random_from is not None and (compare_random or baseline == "random"):
+        raise DomainSSLError(
+            "--random-from gives the random-init curve of an earlier sweep: leave out "
+            "--compare-random and --baseline random."
+        )
+    plan = SweepPlan(parse_fractions(label_fractions), seeds, compare_random, random_from)
     suffix = "-random" if baseline == "random" else ""
     suffix += "" if plan.is_single_run else "-label-efficiency"
     out_dir = out or run_dir.parent / f"{run_dir.name}-{task}-{protocol}{suffix}"
@@ -114,9 +133,14 @@ def transfer(
         if protocol == "knn":
             raise DomainSSLError("--protocol knn is for classification: use linear or finetune.")
         frozen = protocol == "linear"
+        if not 0 <= frozen_warmup < 1 or (frozen_warmup and frozen):
+            raise DomainSSLError(
+                f"--frozen-warmup {frozen_warmup}: give a share in [0, 1) of a "
+                "--protocol finetune budget (with linear the encoder is frozen throughout)."
+            )
         training = SegmentTrainConfig(
-            tile, epochs, seconds, batch_size, lr, freeze_encoder=frozen, seed=seed,
-            devices=devices,
+            tile, epochs, seconds, batch_size, lr, freeze_encoder=frozen,
+            frozen_warmup=frozen_warmup, seed=seed, devices=devices,
         )  # fmt: skip
         segment = SegmentSettings(baseline, training, device)
         if not plan.is_single_run:
@@ -127,6 +151,8 @@ def transfer(
         metrics = transfer_segment(run_dir, data, out_dir, segment)
         typer.echo(f"Test mIoU {metrics['miou']:.4f}; wrote {out_dir} (read report.md first).")
         return
+    if frozen_warmup:
+        raise DomainSSLError("--frozen-warmup is for --task segment; classification has none yet.")
     tuning = FinetuneConfig(epochs, seconds, batch_size, lr, seed=seed, devices=devices)
     settings = ClassifySettings(protocol, baseline, finetune=tuning, device=device, seed=seed)
     if not plan.is_single_run:

@@ -6,12 +6,16 @@ For each fraction and seed a subset of the training split is drawn with that see
 (stratified by class for classification, by image for segmentation; at least one image per
 class), the model is trained with that seed and scored on the fixed test split. Intervals
 are Student-t intervals of the mean over seeds (``mean ± t(0.975, n-1) · s / sqrt(n)``).
+
+A sweep is crash-safe: each finished run is appended to ``runs.jsonl`` in the output folder,
+and the same command run again (same settings) reuses those runs and trains only the rest.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +37,14 @@ class SweepPlan:
     fractions: tuple[float, ...] = (1.0,)
     seeds: int = 1
     compare_random: bool = False
+    random_from: Path | None = None
+    """A finished random-init sweep folder whose curve is drawn beside (instead of training)."""
 
     @property
     def is_single_run(self) -> bool:
         """One seed on all labels without a comparison: the plain transfer."""
-        return self.seeds == 1 and self.fractions == (1.0,) and not self.compare_random
+        return (self.seeds == 1 and self.fractions == (1.0,) and not self.compare_random
+                and self.random_from is None)  # fmt: skip
 
 
 def parse_fractions(text: str) -> tuple[float, ...]:
@@ -79,22 +86,101 @@ def t_interval(values: Sequence[float]) -> tuple[float, float | None, float | No
 RunOne = Callable[[str, float, int], tuple[float, int]]
 """(baseline, fraction, seed) -> (test score, training labels used)."""
 
+JOURNAL = "runs.jsonl"
+SWEEP_SETTINGS = "sweep_settings.json"
 
-def run_sweep(plan: SweepPlan, baseline: str, run_one: RunOne) -> dict[str, list[dict[str, Any]]]:
+
+class SweepJournal:
+    """The finished runs of a sweep, one JSON line each in ``out_dir/runs.jsonl``, written
+    as each run ends. A sweep started again into the same folder with the same settings
+    (``sweep_settings.json``) takes them from here instead of training them again."""
+
+    def __init__(self, out_dir: Path, settings: dict[str, Any]) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / JOURNAL
+        recorded = out_dir / SWEEP_SETTINGS
+        text = json.dumps(settings, indent=2, sort_keys=True, default=str)
+        if recorded.exists() and recorded.read_text() != text:
+            raise DomainSSLError(
+                f"{out_dir} holds runs of a sweep with other settings (see {recorded}): pass "
+                "another --out, or delete that folder to start again."
+            )
+        atomic_write_text(recorded, text)
+        self.done = self._read()
+        self.reused = 0
+
+    def _read(self) -> dict[tuple[str, float, int], tuple[float, int]]:
+        done: dict[tuple[str, float, int], tuple[float, int]] = {}
+        if not self.path.exists():
+            return done
+        for line in self.path.read_text().splitlines():
+            try:
+                run = json.loads(line)
+                done[(run["init"], run["fraction"], run["seed"])] = (run["score"], run["labels"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut short by a crash: that run is trained again
+        return done
+
+    def run(self, init: str, fraction: float, seed: int, run_one: RunOne) -> tuple[float, int]:
+        """The recorded result of this run, else ``run_one``'s, recorded before returning."""
+        key = (init, fraction, seed)
+        if key in self.done:
+            self.reused += 1
+            return self.done[key]
+        score, labels = run_one(init, fraction, seed)
+        written = self.path.read_bytes() if self.path.exists() else b""
+        cut_short = "\n" if written and not written.endswith(b"\n") else ""
+        record = {"init": init, "fraction": fraction, "seed": seed, "score": score,
+                  "labels": labels}  # fmt: skip
+        with open(self.path, "a") as journal:
+            journal.write(cut_short + json.dumps(record) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+        self.done[key] = (score, labels)
+        return score, labels
+
+
+def read_random_curve(folder: Path, metric: str) -> list[dict[str, Any]]:
+    """The random-init curve of a finished label-efficiency folder (its metrics.json)."""
+    path = folder / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+        curve = metrics["curves"]["random"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise DomainSSLError(
+            f"--random-from {folder}: no random-init curve in {path}. Give the output folder of "
+            "a sweep run with --baseline random (or --compare-random) and --seeds / "
+            "--label-fractions."
+        ) from None
+    if metrics.get("metric") != metric:
+        raise DomainSSLError(
+            f"--random-from {folder} measured {metrics.get('metric')}, this sweep {metric}: "
+            "give a folder of the same task."
+        )
+    return list(curve)
+
+
+def run_sweep(
+    plan: SweepPlan, baseline: str, run_one: RunOne, journal: SweepJournal, metric: str
+) -> dict[str, list[dict[str, Any]]]:
     """Per baseline (the given one, and random when compared), per fraction: the scores of
-    every seed, the labels used, the mean and the interval."""
+    every seed, the labels used, the mean and the interval. Runs already in ``journal`` are
+    not trained again; ``plan.random_from`` supplies the random curve from an earlier sweep."""
+    borrowed = None if plan.random_from is None else read_random_curve(plan.random_from, metric)
     baselines = [baseline] + (["random"] if plan.compare_random and baseline != "random" else [])
     curves: dict[str, list[dict[str, Any]]] = {}
     for name in baselines:
         points = []
         for fraction in plan.fractions:
-            runs = [run_one(name, fraction, seed) for seed in range(plan.seeds)]
+            runs = [journal.run(name, fraction, seed, run_one) for seed in range(plan.seeds)]
             mean, low, high = t_interval([score for score, _ in runs])
             points.append({
                 "fraction": fraction, "labels": runs[0][1], "per_seed": [s for s, _ in runs],
                 "mean": mean, "low": low, "high": high,
             })  # fmt: skip
         curves[name] = points
+    if borrowed is not None:
+        curves["random"] = borrowed
     return curves
 
 
@@ -119,6 +205,17 @@ def save_curve_png(curves: dict[str, list[dict[str, Any]]], metric: str, out: Pa
     axes.grid(alpha=0.3, which="both")
     axes.legend()
     save_figure(figure, out)
+
+
+def sweep_facts(plan: SweepPlan, journal: SweepJournal, seconds: float) -> list[str]:
+    """Report lines on seeds, intervals, time, reused runs and a borrowed random curve."""
+    facts = [f"{plan.seeds} seeds per point; 95% Student-t intervals; took {seconds:.0f} s."]
+    if journal.reused:
+        facts.append(f"{journal.reused} runs were taken from an earlier start of this sweep "
+                     f"({JOURNAL}).")  # fmt: skip
+    if plan.random_from is not None:
+        facts.append(f"The random-init curve comes from `{plan.random_from}` (not retrained).")
+    return facts
 
 
 def write_sweep_outputs(

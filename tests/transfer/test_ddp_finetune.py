@@ -57,6 +57,18 @@ def test_two_process_segmentation_fine_tuning_trains_and_summarises_once(tmp_pat
     assert not torch.equal(model.head.weight, before)
 
 
+def test_two_process_segmentation_unfreezes_the_encoder_after_the_warmup(tmp_path: Path) -> None:
+    data = whole_set(write_segmentation_folder(tmp_path, count=4, size=32))
+    meta = make_meta(small_input=False)
+    torch.manual_seed(0)
+    model = build_segmenter(meta, 2, None, decoder_width=16)
+    before = {k: v.detach().clone() for k, v in model.encoder.named_parameters()}
+    config = SegmentTrainConfig(tile=32, epochs=2, batch_size=2, devices=2, frozen_warmup=0.5)
+    summary = fit_segmenter(model, meta, data, config, device="cpu")
+    assert summary.steps == 2  # the second step, after the warm-up, trains the encoder
+    assert any(not torch.equal(v, before[k]) for k, v in model.encoder.named_parameters())
+
+
 def test_transfer_command_fine_tunes_on_two_cpu_processes(tmp_path: Path) -> None:
     run = exported_run(tmp_path / "run", bands=4)
     data = write_chip_folder(tmp_path / "chips", per_class=8)

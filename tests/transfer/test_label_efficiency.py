@@ -15,7 +15,14 @@ from typer.testing import CliRunner
 
 from domainssl.cli import app
 from domainssl.errors import DomainSSLError
-from domainssl.transfer.label_efficiency import labeled_subset, parse_fractions, t_interval
+from domainssl.transfer.label_efficiency import (
+    SweepJournal,
+    SweepPlan,
+    labeled_subset,
+    parse_fractions,
+    run_sweep,
+    t_interval,
+)
 
 runner = CliRunner()
 
@@ -86,3 +93,70 @@ def test_segment_sweep_trains_per_seed_on_a_share_of_the_images(tmp_path: Path) 
     assert metrics["metric"] == "mIoU" and share["labels"] < full["labels"]
     assert all(0 <= value <= 1 for value in share["per_seed"] + full["per_seed"])
     assert share["low"] is not None and share["low"] <= share["mean"] <= share["high"]
+
+
+def test_a_sweep_started_again_reuses_finished_runs_and_trains_only_the_rest(
+    tmp_path: Path,
+) -> None:
+    plan = SweepPlan((0.5, 1.0), seeds=2)
+    trained: list[tuple[str, float, int]] = []
+
+    def crashing_after_three(baseline: str, fraction: float, seed: int) -> tuple[float, int]:
+        if len(trained) == 3:
+            raise KeyboardInterrupt  # the machine goes down during the fourth run
+        trained.append((baseline, fraction, seed))
+        return fraction + seed / 10, int(fraction * 10)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(plan, "pretrained", crashing_after_three, SweepJournal(tmp_path, {}), "acc")
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 3
+    with open(tmp_path / "runs.jsonl", "a") as lines:
+        lines.write('{"init": "pretrained", "fract')  # a line cut short by the crash
+    trained.clear()
+    journal = SweepJournal(tmp_path, {})
+    curves = run_sweep(plan, "pretrained", crashing_after_three, journal, "acc")
+    assert trained == [("pretrained", 1.0, 1)] and journal.reused == 3
+    assert [p["per_seed"] for p in curves["pretrained"]] == [[0.5, 0.6], [1.0, 1.1]]
+    last = (tmp_path / "runs.jsonl").read_text().splitlines()[-1]
+    assert json.loads(last) == {"init": "pretrained", "fraction": 1.0, "seed": 1,
+                                     "score": 1.1, "labels": 10}  # fmt: skip
+
+
+def test_a_sweep_folder_of_other_settings_is_refused(tmp_path: Path) -> None:
+    SweepJournal(tmp_path, {"lr": 0.001})
+    with pytest.raises(DomainSSLError, match="other settings"):
+        SweepJournal(tmp_path, {"lr": 0.01})
+
+
+def test_random_from_draws_an_earlier_random_sweep_beside_the_pretrained_curve(
+    tmp_path: Path,
+) -> None:
+    run = exported_run(tmp_path / "run")
+    data = write_chip_folder(tmp_path / "chips", per_class=10)
+    base = ["transfer", str(run), "--data", str(data), "--accelerator", "cpu", "--seeds", "2",
+            "--label-fractions", "0.5,1.0"]  # fmt: skip
+    random_out, out = tmp_path / "random", tmp_path / "pretrained"
+    result = runner.invoke(app, [*base, "--baseline", "random", "--out", str(random_out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*base, "--random-from", str(random_out), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    earlier = json.loads((random_out / "metrics.json").read_text())["curves"]["random"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["curves"]) == {"pretrained", "random"}
+    assert metrics["curves"]["random"] == earlier
+    assert f"comes from `{random_out}`" in (out / "report.md").read_text()
+    both = runner.invoke(app, [*base, "--random-from", str(random_out), "--compare-random"])
+    assert both.exit_code == 2 and "--random-from" in both.output
+    empty = runner.invoke(app, [*base, "--random-from", str(tmp_path / "chips")])
+    assert empty.exit_code == 2 and "no random-init curve" in empty.output
+
+
+def test_frozen_warmup_is_refused_outside_segment_fine_tuning(tmp_path: Path) -> None:
+    run = exported_run(tmp_path / "run", bands=3)
+    data = write_segmentation_folder(tmp_path / "seg", count=4, size=32)
+    base = ["transfer", str(run), "--data", str(data), "--accelerator", "cpu",
+            "--frozen-warmup", "0.3"]  # fmt: skip
+    linear = runner.invoke(app, [*base, "--task", "segment", "--protocol", "linear"])
+    assert linear.exit_code == 2 and "--frozen-warmup" in linear.output
+    classify = runner.invoke(app, [*base, "--task", "classify"])
+    assert classify.exit_code == 2 and "--frozen-warmup" in classify.output

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,11 @@ from domainssl.transfer.classification.metrics import score
 from domainssl.transfer.classification.probe import fit_linear_head
 from domainssl.transfer.classification.transfer import ClassifySettings, embed
 from domainssl.transfer.label_efficiency import (
+    SweepJournal,
     SweepPlan,
     labeled_subset,
     run_sweep,
+    sweep_facts,
     write_sweep_outputs,
 )
 
@@ -89,16 +91,18 @@ def transfer_classify_sweep(
         labels = len(split.train) + len(split.val)
         return score(outputs, data.targets[split.test]), labels
 
-    curves = run_sweep(plan, settings.baseline, run_one)
     metric = "mAP" if data.multilabel else "accuracy"
+    recorded = {"run": run_dir.resolve(), "data": data_path.resolve(),
+                "settings": asdict(settings)}  # fmt: skip
+    journal = SweepJournal(out_dir, recorded)
+    curves = run_sweep(plan, settings.baseline, run_one, journal, metric)
     facts = [
         f"Backbone: `{run_dir}`; protocol {settings.protocol}; data `{data_path}`, "
         f"{len(data.classes)} classes.",
         f"Labels: a stratified share of the train ({len(data.split.train)}) and validation "
         f"({len(data.split.val)}) parts per fraction and seed; test: all "
         f"{len(data.split.test)} images of the fixed test part.",
-        f"{plan.seeds} seeds per point; 95% Student-t intervals; "
-        f"took {time.monotonic() - start:.0f} s.",
+        *sweep_facts(plan, journal, time.monotonic() - start),
     ]
     title = f"Label efficiency: classification, {settings.protocol}"
     extra = {"task": "classify", "protocol": settings.protocol, "test_images": len(data.split.test)}

@@ -6,7 +6,7 @@ scored (mIoU) on the whole, fixed test part."""
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +16,18 @@ from safetensors.torch import load_file
 
 from domainssl.export import WEIGHTS, read_meta
 from domainssl.transfer.label_efficiency import (
+    SweepJournal,
     SweepPlan,
     labeled_subset,
     run_sweep,
+    sweep_facts,
     write_sweep_outputs,
 )
 from domainssl.transfer.segmentation.data import SegmentationSet, load_segmentation_data
 from domainssl.transfer.segmentation.model import build_segmenter
 from domainssl.transfer.segmentation.training import (
     config_for_init,
+    encoder_schedule,
     evaluate_segmenter,
     fit_segmenter,
 )
@@ -52,15 +55,18 @@ def transfer_segment_sweep(
         scores = evaluate_segmenter(model, meta, data.test, config.tile, settings.device)
         return scores.miou, len(part)
 
-    curves = run_sweep(plan, settings.baseline, run_one)
-    encoder = "frozen" if settings.train.freeze_encoder else "fine-tuned"
+    recorded = {"run": run_dir.resolve(), "data": data_path.resolve(),
+                "settings": asdict(settings)}  # fmt: skip
+    journal = SweepJournal(out_dir, recorded)
+    curves = run_sweep(plan, settings.baseline, run_one, journal, "mIoU")
+    encoder = encoder_schedule(settings.train)
+    random = encoder_schedule(config_for_init(settings.train, "random"))
     facts = [
-        f"Backbone: `{run_dir}` ({encoder} encoder); data `{data_path}`.",
+        f"Backbone: `{run_dir}` ({encoder}; random init: {random}); data `{data_path}`.",
         f"Labels: a seeded share of the {len(train)} training images per fraction and seed; "
         f"test: all {len(data.test)} images of the fixed test part (tiled prediction).",
-        f"{plan.seeds} seeds per point; 95% Student-t intervals; "
-        f"took {time.monotonic() - start:.0f} s.",
+        *sweep_facts(plan, journal, time.monotonic() - start),
     ]
-    title = f"Label efficiency: segmentation, {encoder} encoder"
+    title = f"Label efficiency: segmentation, {encoder}"
     extra = {"task": "segment", "test_images": len(data.test)}
     return write_sweep_outputs(out_dir, curves, "mIoU", title, facts, extra)

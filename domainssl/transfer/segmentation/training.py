@@ -91,6 +91,10 @@ class SegmentTrainConfig:
     """The pretrained encoder learns at ``lr`` times this (the new decoder at ``lr``); see
     :func:`config_for_init` for random init."""
     freeze_encoder: bool = False
+    frozen_warmup: float = 0.0
+    """Share of the budget (epochs' steps or ``max_time_s``, whichever ends first) that trains
+    the decoder on a frozen encoder before the whole network is fine-tuned (LP-FT, Kumar et
+    al. 2022): the new decoder stops sending large random gradients into pretrained weights."""
     weight_decay: float = 1e-4
     seed: int = 0
     num_workers: int = 0
@@ -99,8 +103,11 @@ class SegmentTrainConfig:
 
 
 def config_for_init(config: SegmentTrainConfig, baseline: str) -> SegmentTrainConfig:
-    """A random-init encoder has nothing to preserve: it learns at the decoder's full rate."""
-    return replace(config, encoder_lr_scale=1.0) if baseline == "random" else config
+    """A random-init encoder has nothing to preserve: it learns at the decoder's full rate
+    from the first step (no frozen warm-up)."""
+    if baseline != "random":
+        return config
+    return replace(config, encoder_lr_scale=1.0, frozen_warmup=0.0)
 
 
 @dataclass
@@ -110,6 +117,16 @@ class FitSummary:
     epoch_losses: list[float]
     steps: int
     stopped_by_time: bool
+
+
+def encoder_schedule(config: SegmentTrainConfig) -> str:
+    """How the encoder trains, in words: frozen, fine-tuned, or fine-tuned after a warm-up."""
+    if config.freeze_encoder:
+        return "frozen encoder"
+    if config.frozen_warmup > 0:
+        share = f"{config.frozen_warmup:.0%}"
+        return f"encoder frozen for the first {share} of the budget, then fine-tuned"
+    return "fine-tuned encoder"
 
 
 def _optimizer(model: Segmenter, config: SegmentTrainConfig) -> torch.optim.Optimizer:
@@ -153,7 +170,8 @@ def train_segmenter(
     process has a labelled pixel is skipped by all of them together."""
     target = next(model.parameters()).device if shard.world == 1 else worker_device()
     torch.manual_seed(stream_seed(config.seed, shard.rank) if shard.world > 1 else config.seed)
-    model.encoder.requires_grad_(not config.freeze_encoder)
+    frozen = config.freeze_encoder or config.frozen_warmup > 0
+    model.encoder.requires_grad_(not frozen)
     forward = replicate(model, shard, target)
     optimizer = _optimizer(model, config)
     tiles = TrainingTiles(train_set, config.tile, min_tiles=config.batch_size * shard.world)
@@ -172,15 +190,22 @@ def train_segmenter(
         pin_memory=target.type == "cuda",
     )
     ignore = train_set.encoding.ignore_index
+    warmup = WarmupEnd(config, len(loader))
     start, steps, losses, out_of_time = time.monotonic(), 0, [], False
     for epoch in range(config.epochs) if config.epochs is not None else itertools.count():
         model.train()
-        if config.freeze_encoder:
+        if frozen:
             model.encoder.eval()  # keep the pretrained BatchNorm statistics
         if sampler is not None:
             sampler.set_epoch(epoch)
         total, batches, out_of_time = 0.0, 0, False
         for batch in loader:
+            warming = frozen and not config.freeze_encoder
+            elapsed = time.monotonic() - start
+            if warming and rank_zero_decides(warmup.reached(steps, elapsed), target):
+                frozen = False
+                model.encoder.requires_grad_(True).train()
+                forward = replicate(model, shard, target)  # DDP now syncs the encoder too
             masks = batch["mask"].to(target, non_blocking=True)  # (B, T, T)
             labelled = float((masks != ignore).sum())
             if global_sum(labelled, target) == 0:
@@ -203,6 +228,22 @@ def train_segmenter(
             break
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return state, asdict(FitSummary(losses, steps, stopped_by_time=out_of_time))
+
+
+@dataclass
+class WarmupEnd:
+    """When the frozen-encoder warm-up of ``config.frozen_warmup`` ends: after that share of
+    the epochs' steps or of the time budget, whichever comes first."""
+
+    config: SegmentTrainConfig
+    steps_per_epoch: int
+
+    def reached(self, steps: int, seconds: float) -> bool:
+        share, epochs, budget = (
+            self.config.frozen_warmup, self.config.epochs, self.config.max_time_s
+        )  # fmt: skip
+        by_steps = epochs is not None and steps >= share * epochs * self.steps_per_epoch
+        return by_steps or (budget is not None and seconds >= share * budget)
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:

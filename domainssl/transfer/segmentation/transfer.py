@@ -21,6 +21,7 @@ from domainssl.transfer.segmentation.overlays import save_overlays
 from domainssl.transfer.segmentation.training import (
     SegmentTrainConfig,
     config_for_init,
+    encoder_schedule,
     evaluate_segmenter,
     fit_segmenter,
 )
@@ -55,6 +56,7 @@ def transfer_segment(
         "mean_dice": _mean(scores.per_class_dice),
         "baseline": settings.baseline,
         "frozen_encoder": settings.train.freeze_encoder,
+        "encoder": encoder_schedule(settings.train),
         "epochs_run": len(summary.epoch_losses),
         "stopped_by_time": summary.stopped_by_time,
         "test_images": len(data.test),
@@ -109,7 +111,6 @@ def _write_report(
     def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.4f}"
 
-    encoder = "frozen" if metrics["frozen_encoder"] else "fine-tuned"
     facts = [
         f"Test: mIoU **{metrics['miou']:.4f}**, mean Dice {fmt(metrics['mean_dice'])}, pixel "
         f"accuracy {metrics['pixel_accuracy']:.4f} over {metrics['test_images']} whole images "
@@ -127,7 +128,7 @@ def _write_report(
     ]
     write_report(
         out,
-        f"Segmentation transfer ({metrics['baseline']} backbone, {encoder} encoder)",
+        f"Segmentation transfer ({metrics['baseline']} backbone, {metrics['encoder']})",
         facts,
         markdown_table(["class", "IoU", "Dice"], rows),
         [(p.stem, str(p.relative_to(out_dir))) for p in overlays],
