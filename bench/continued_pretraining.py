@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--init", type=Path, required=True, help="a finished pretrain run")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--max-time", default="00:10:00")
+    parser.add_argument("--epochs", default="10", help="and at most this many epochs (as recorded)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/continued_pretraining"))
     parser.add_argument("--section", default="continued-pretraining")
     args = parser.parse_args()
@@ -48,7 +49,8 @@ def main() -> None:
                 meta.std)  # fmt: skip
     budget = args.max_time.replace(":", "")
     common = ["--domain", "pathology", "--method", "simclr", "--data", str(args.data),
-              "--max-time", args.max_time, "--set", "data.kind=chips"]  # fmt: skip
+              "--max-time", args.max_time, "--epochs", args.epochs,
+              "--set", "data.kind=chips"]  # fmt: skip
     continued = [*common, "--init", str(args.init)]
     table.pretrain_and_probe(
         f"continued from the init, {args.max_time} (default: peak LR x0.1, warmup 0.01)",
@@ -68,7 +70,7 @@ def main() -> None:
         f"SimCLR each, linear probe ({len(chips)} patches at {size} px, split 70/10/20 seed 0), "
         "2 CPU cores\n\n"
         f"Command: `python bench/continued_pretraining.py --init {args.init} --data {args.data} "
-        f"--max-time {args.max_time}`\n"
+        f"--max-time {args.max_time} --epochs {args.epochs}` (whichever limit comes first)\n"
     )
     write_section(args.section, header + "\n" + markdown)
 

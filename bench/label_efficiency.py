@@ -25,12 +25,19 @@ def run_sweep(args: argparse.Namespace, protocol: str) -> tuple[dict, float]:
     command = [
         sys.executable, "-m", "domainssl", "transfer", str(args.run), "--data", str(args.data),
         "--protocol", protocol, "--seeds", str(args.seeds), "--label-fractions", args.fractions,
-        "--compare-random", "--out", str(out), "--accelerator", "cpu",
-        "--epochs", str(args.epochs),
+        "--compare-random", "--out", str(out), "--accelerator", "cpu", *budget_args(args),
     ]  # fmt: skip
     start = time.time()
     subprocess.run(command, check=True)
     return json.loads((out / "metrics.json").read_text()), time.time() - start
+
+
+def budget_args(args: argparse.Namespace) -> list[str]:
+    """A wall-clock budget per fine-tune (every share gets the same compute), else epochs
+    (passes over the share: a 1% share then takes only a few steps)."""
+    if args.finetune_time:
+        return ["--max-time", args.finetune_time]
+    return ["--epochs", str(args.epochs)]
 
 
 def table(metrics: dict, metric: str = "accuracy", labels: str = "labels") -> str:
@@ -53,6 +60,7 @@ def main() -> None:
     parser.add_argument("--fractions", default="0.01,0.1,1.0")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3, help="fine-tune epochs")
+    parser.add_argument("--finetune-time", help="HH:MM:SS per fine-tune, instead of --epochs")
     parser.add_argument("--out", type=Path, default=Path("bench/out/label_efficiency"))
     parser.add_argument("--section", default="label-efficiency-eurosat")
     args = parser.parse_args()
@@ -61,11 +69,18 @@ def main() -> None:
         f"{args.seeds} seeds, 2 CPU cores\n",
         f"Command: `python bench/label_efficiency.py --run {args.run} --data {args.data} "
         f"--protocols {' '.join(args.protocols)} --fractions {args.fractions} "
-        f"--seeds {args.seeds} --epochs {args.epochs}`\n",
+        f"--seeds {args.seeds} "
+        + (
+            f"--finetune-time {args.finetune_time}"
+            if args.finetune_time
+            else f"--epochs {args.epochs}"
+        )
+        + f" --section {args.section}`\n",
     ]
     for protocol in args.protocols:
         metrics, seconds = run_sweep(args, protocol)
-        budget = f", {args.epochs} epochs per fine-tune" if protocol == "finetune" else ""
+        per_run = args.finetune_time or f"{args.epochs} epochs"
+        budget = f", {per_run} per fine-tune" if protocol == "finetune" else ""
         parts += [f"### {protocol}{budget} ({seconds / 60:.0f} min)\n", table(metrics), ""]
     markdown = "\n".join(parts)
     print(markdown)

@@ -7,6 +7,8 @@ fine-tuned on 1, 3 and all training images, over seeds (issue 18).
    images, without their masks; the 6 test images are never seen before evaluation.
 3. ``domainssl transfer --task segment --seeds N --label-fractions ... --compare-random``
    fine-tunes encoder + decoder for the same wall-clock budget per run, pretrained and random.
+   ``--frozen-warmup S`` first trains the decoder on the frozen pretrained encoder for that
+   share of each budget; ``--random-from DIR`` takes the random curve of an earlier sweep.
 
     python bench/monuseg_label_efficiency.py --images ../shared/data/monuseg/train/images \\
         --masks ../shared/data/monuseg/train/masks_binary
@@ -68,13 +70,15 @@ def pretrain(images: Path, out: Path, budget: str, batch_size: int) -> tuple[Pat
 
 def sweep(args: argparse.Namespace, run: Path, data: Path) -> tuple[dict, float]:
     """The transfer sweep's metrics.json and wall seconds."""
-    out = args.out / "sweep"
+    out = args.out / args.sweep_name
+    random = ["--compare-random"] if args.random_from is None else [
+        "--random-from", str(args.random_from)]  # fmt: skip
     command = [
         sys.executable, "-m", "domainssl", "transfer", str(run), "--task", "segment",
         "--data", str(data), "--protocol", "finetune", "--seeds", str(args.seeds),
-        "--label-fractions", args.fractions, "--compare-random", "--tile", str(args.tile),
+        "--label-fractions", args.fractions, *random, "--tile", str(args.tile),
         "--batch-size", "8", "--max-time", args.finetune_time, "--accelerator", "cpu",
-        "--out", str(out),
+        "--frozen-warmup", str(args.frozen_warmup), "--out", str(out),
     ]  # fmt: skip
     start = time.time()
     subprocess.run(command, check=True)
@@ -101,6 +105,10 @@ def main() -> None:
     parser.add_argument("--fractions", default="0.05,0.15,1.0", help="1, 3, 21 of 21 images")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--frozen-warmup", type=float, default=0.0)
+    parser.add_argument("--random-from", type=Path, help="an earlier sweep's random curve")
+    parser.add_argument("--sweep-name", default="sweep")
+    parser.add_argument("--section", default="monuseg-label-efficiency")
     parser.add_argument("--out", type=Path, default=Path("bench/out/monuseg_label_efficiency"))
     args = parser.parse_args()
     data = link_layout(args.images, args.masks, args.out / "data")
@@ -108,24 +116,38 @@ def main() -> None:
     run, pretrain_s = pretrain(args.out / "unlabeled", args.out, args.pretrain_time,
                                args.pretrain_batch_size)  # fmt: skip
     metrics, sweep_s = sweep(args, run, data)
+    took = "reused" if pretrain_s != pretrain_s else f"{pretrain_s / 60:.0f} min"  # NaN: reused
+    warmup = (f"the pretrained encoder frozen for the first {args.frozen_warmup:.0%} of it, "
+              if args.frozen_warmup else "")  # fmt: skip
+    borrowed = (f" The random-init rows come from `{args.random_from}` (not retrained)."
+                if args.random_from else "")  # fmt: skip
     parts = [
         f"## MoNuSeg label efficiency: DenseCL vs random init, fine-tuned on "
         f"{args.fractions} of the training images, {args.seeds} seeds, 2 CPU cores\n",
         f"Command: `python bench/monuseg_label_efficiency.py --images {args.images} --masks "
         f"{args.masks} --pretrain-time {args.pretrain_time} --finetune-time "
         f"{args.finetune_time} --fractions {args.fractions} --seeds {args.seeds} "
-        f"--tile {args.tile}`\n",
+        f"--tile {args.tile}"
+        + (f" --frozen-warmup {args.frozen_warmup}" if args.frozen_warmup else "")
+        + (
+            f" --random-from {args.random_from} --sweep-name {args.sweep_name} --section "
+            f"{args.section}"
+            if args.random_from
+            else ""
+        )
+        + "`\n",
         f"Pretraining: DenseCL, pathology views, {' '.join(PRETRAIN_SETTINGS)}, batch "
         f"{args.pretrain_batch_size}, {args.pretrain_time} on {unlabeled} unlabeled images "
-        f"({pretrain_s / 60:.0f} min; {pretrain_facts(run)}).\n",
+        f"({took}; {pretrain_facts(run)}).\n",
         f"Fine-tuning: encoder + decoder, {args.tile} px tiles, batch 8, {args.finetune_time} "
-        f"per run; test: the {metrics['test_images']} fixed test images, whole, tiled "
-        f"({sweep_s / 60:.0f} min for the sweep).\n",
+        f"per run, {warmup}random init at the decoder's rate throughout; test: the "
+        f"{metrics['test_images']} fixed test images, whole, tiled ({sweep_s / 60:.0f} min for "
+        f"the sweep).{borrowed}\n",
         table(metrics, "mIoU", "training images"),
     ]
     markdown = "\n".join(parts)
     print(markdown)
-    write_section("monuseg-label-efficiency", markdown)
+    write_section(args.section, markdown)
 
 
 if __name__ == "__main__":

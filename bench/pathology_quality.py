@@ -45,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--max-time", default="00:20:00")
+    parser.add_argument("--epochs", default="10", help="and at most this many epochs (as recorded)")
     parser.add_argument("--runs", nargs="+", default=[*VARIANTS, "torchgeo"])
     parser.add_argument("--out", type=Path, default=Path("bench/out/pathology_quality"))
     parser.add_argument("--section", default="pathology-quality", help="results.md section")
@@ -66,7 +67,7 @@ def main() -> None:
         label, extra = VARIANTS[run]
         resized = ["--set", "data.kind=chips"]  # resized patches, not native-resolution windows
         common = ["--domain", "pathology", "--method", "simclr", "--data", str(args.data), *resized]
-        args_run = [*common, *extra, "--max-time", args.max_time]
+        args_run = [*common, *extra, "--max-time", args.max_time, "--epochs", args.epochs]
         table.pretrain_and_probe(label, f"{run}-{budget}", args_run)
     if "torchgeo" in args.runs:
         start = time.time()
@@ -82,9 +83,9 @@ def main() -> None:
         header = (
             f"## Pathology quality: linear probe on {args.data.name} "
             f"({len(chips)} patches at {size} px, split 70/10/20 seed 0), budget "
-            f"{args.max_time} per model, 2 CPU cores\n\n"
+            f"{args.max_time} or {args.epochs} epochs per model, 2 CPU cores\n\n"
             f"Command: `python bench/pathology_quality.py --data {args.data} "
-            f"--max-time {args.max_time}`\n"
+            f"--max-time {args.max_time} --epochs {args.epochs}`\n"
         )
         write_section(args.section, header + "\n" + markdown)
 
