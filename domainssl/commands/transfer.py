@@ -89,8 +89,8 @@ def transfer(
     frozen_warmup: Annotated[
         float,
         typer.Option(
-            help="Segment finetune: share of the budget that trains the decoder on a frozen "
-            "pretrained encoder before everything is fine-tuned (e.g. 0.3; random init: none)."
+            help="Finetune: share of the budget that trains the new head / decoder on the frozen "
+            "pretrained backbone before everything is fine-tuned (e.g. 0.5; random init: none)."
         ),
     ] = 0.0,
 ) -> None:
@@ -111,6 +111,11 @@ def transfer(
     seconds = parse_duration(max_time) if max_time is not None else None
     if epochs is None and seconds is None:
         epochs = DEFAULT_EPOCHS
+    if frozen_warmup and (not 0 < frozen_warmup < 1 or protocol != "finetune" or task == "reid"):
+        raise DomainSSLError(
+            f"--frozen-warmup {frozen_warmup}: give a share in (0, 1) of a --protocol finetune "
+            "budget, for --task classify or segment (linear keeps the backbone frozen throughout)."
+        )
     if task == "reid":
         reid_transfer(run_dir, data, out, protocol, baseline, epochs, seconds, batch_size,
                       lr, trials, device, devices, seed)  # fmt: skip
@@ -133,11 +138,6 @@ def transfer(
         if protocol == "knn":
             raise DomainSSLError("--protocol knn is for classification: use linear or finetune.")
         frozen = protocol == "linear"
-        if not 0 <= frozen_warmup < 1 or (frozen_warmup and frozen):
-            raise DomainSSLError(
-                f"--frozen-warmup {frozen_warmup}: give a share in [0, 1) of a "
-                "--protocol finetune budget (with linear the encoder is frozen throughout)."
-            )
         training = SegmentTrainConfig(
             tile, epochs, seconds, batch_size, lr, freeze_encoder=frozen,
             frozen_warmup=frozen_warmup, seed=seed, devices=devices,
@@ -151,9 +151,9 @@ def transfer(
         metrics = transfer_segment(run_dir, data, out_dir, segment)
         typer.echo(f"Test mIoU {metrics['miou']:.4f}; wrote {out_dir} (read report.md first).")
         return
-    if frozen_warmup:
-        raise DomainSSLError("--frozen-warmup is for --task segment; classification has none yet.")
-    tuning = FinetuneConfig(epochs, seconds, batch_size, lr, seed=seed, devices=devices)
+    tuning = FinetuneConfig(
+        epochs, seconds, batch_size, lr, frozen_warmup=frozen_warmup, seed=seed, devices=devices
+    )
     settings = ClassifySettings(protocol, baseline, finetune=tuning, device=device, seed=seed)
     if not plan.is_single_run:
         from domainssl.transfer.classification.sweep import transfer_classify_sweep

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from fixtures import write_chip_folder, write_segmentation_folder
 from test_segment import make_meta, whole_set
@@ -27,8 +28,9 @@ def batchnorm_free_classifier(channels: int, size: int, classes: int) -> Classif
     return Classifier(backbone, nn.Linear(8, classes), multilabel=False)
 
 
+@pytest.mark.parametrize("frozen_warmup", [0.0, 0.2])  # 0.2: unfrozen within epoch 1
 def test_two_process_fine_tuning_equals_one_process_on_the_joined_batches(
-    tmp_path: Path,
+    tmp_path: Path, frozen_warmup: float
 ) -> None:
     data = load_labeled(write_chip_folder(tmp_path / "chips", per_class=12), 8, 4)
     inputs = data.images.float() / 1000.0  # (N, 4, 8, 8)
@@ -36,9 +38,13 @@ def test_two_process_fine_tuning_equals_one_process_on_the_joined_batches(
     scores = {}
     for devices in (1, 2):
         model = batchnorm_free_classifier(4, 8, len(data.classes))
-        config = FinetuneConfig(epochs=3, batch_size=4, lr=1e-2, devices=devices)
+        config = FinetuneConfig(
+            epochs=3, batch_size=4, lr=1e-2, frozen_warmup=frozen_warmup, devices=devices
+        )
         scores[devices] = finetune(model, inputs, data, config)
         weights[devices] = model.state_dict()
+    initial = batchnorm_free_classifier(4, 8, len(data.classes)).state_dict()
+    assert not torch.equal(weights[1]["backbone.1.weight"], initial["backbone.1.weight"])
     for key, value in weights[1].items():
         assert torch.allclose(value, weights[2][key], atol=1e-5), key
     assert abs(scores[1] - scores[2]) < 1e-6

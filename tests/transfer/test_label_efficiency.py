@@ -151,12 +151,11 @@ def test_random_from_draws_an_earlier_random_sweep_beside_the_pretrained_curve(
     assert empty.exit_code == 2 and "no random-init curve" in empty.output
 
 
-def test_frozen_warmup_is_refused_outside_segment_fine_tuning(tmp_path: Path) -> None:
+def test_frozen_warmup_is_refused_outside_fine_tuning_and_outside_0_to_1(tmp_path: Path) -> None:
     run = exported_run(tmp_path / "run", bands=3)
     data = write_segmentation_folder(tmp_path / "seg", count=4, size=32)
-    base = ["transfer", str(run), "--data", str(data), "--accelerator", "cpu",
-            "--frozen-warmup", "0.3"]  # fmt: skip
-    linear = runner.invoke(app, [*base, "--task", "segment", "--protocol", "linear"])
+    base = ["transfer", str(run), "--data", str(data), "--accelerator", "cpu", "--task", "segment"]
+    linear = runner.invoke(app, [*base, "--protocol", "linear", "--frozen-warmup", "0.3"])
     assert linear.exit_code == 2 and "--frozen-warmup" in linear.output
-    classify = runner.invoke(app, [*base, "--task", "classify"])
-    assert classify.exit_code == 2 and "--frozen-warmup" in classify.output
+    whole = runner.invoke(app, [*base, "--protocol", "finetune", "--frozen-warmup", "1.0"])
+    assert whole.exit_code == 2 and "(0, 1)" in whole.output

@@ -29,7 +29,6 @@ from domainssl.transfer.segmentation.overlays import save_overlays
 from domainssl.transfer.segmentation.training import (
     SegmentTrainConfig,
     TrainingTiles,
-    WarmupEnd,
     _optimizer,
     config_for_init,
     evaluate_segmenter,
@@ -292,15 +291,6 @@ def test_a_frozen_warmup_trains_the_decoder_alone_first_then_the_encoder(tmp_pat
     assert summary.steps == 4  # one batch of 2 tiles per epoch
     assert seen == [(False, False)] * 2 + [(True, True)] * 2
     assert any(not torch.equal(v, weights_before[k]) for k, v in model.encoder.named_parameters())
-
-
-def test_the_warmup_ends_at_its_share_of_steps_or_time_whichever_comes_first() -> None:
-    by_epochs = WarmupEnd(SegmentTrainConfig(epochs=10, frozen_warmup=0.3), steps_per_epoch=5)
-    assert not by_epochs.reached(14, 1e6) and by_epochs.reached(15, 0.0)
-    by_time = WarmupEnd(SegmentTrainConfig(epochs=None, max_time_s=100, frozen_warmup=0.3), 5)
-    assert not by_time.reached(10**6, 29.9) and by_time.reached(0, 30.0)
-    both = WarmupEnd(SegmentTrainConfig(epochs=10, max_time_s=100, frozen_warmup=0.3), 5)
-    assert both.reached(15, 0.0) and both.reached(0, 30.0) and not both.reached(14, 29.9)
 
 
 def test_random_init_gets_no_frozen_warmup() -> None:

@@ -22,6 +22,7 @@ from domainssl.transfer.processes import (
     train_on_devices,
     worker_device,
 )
+from domainssl.transfer.warmup import WarmupEnd, unfreeze
 
 
 @dataclass
@@ -38,6 +39,9 @@ class FinetuneConfig:
     backbone_lr_scale: float = 0.1
     """The pretrained backbone learns this many times slower than the new head; see
     :func:`config_for_init` for random init."""
+    frozen_warmup: float = 0.0
+    """Share of the budget that trains the head on the frozen backbone before everything is
+    fine-tuned (:mod:`domainssl.transfer.warmup`)."""
     weight_decay: float = 1e-4
     seed: int = 0
     devices: int = 1
@@ -45,8 +49,11 @@ class FinetuneConfig:
 
 
 def config_for_init(config: FinetuneConfig, baseline: str) -> FinetuneConfig:
-    """A random-init backbone has nothing to preserve: it learns at the head's full rate."""
-    return replace(config, backbone_lr_scale=1.0) if baseline == "random" else config
+    """A random-init backbone has nothing to preserve: it learns at the head's full rate from
+    the first step (no frozen warm-up)."""
+    if baseline != "random":
+        return config
+    return replace(config, backbone_lr_scale=1.0, frozen_warmup=0.0)
 
 
 class Classifier(nn.Module):
@@ -94,6 +101,8 @@ def train_classifier(
     """One process's part of :func:`finetune`: the best weights and their validation score
     (rank 0's; every process draws the same batches and trains on its share of each)."""
     device = next(model.parameters()).device if shard.world == 1 else worker_device()
+    frozen = config.frozen_warmup > 0
+    model.backbone.requires_grad_(not frozen)
     forward = replicate(model, shard, device)
     torch.manual_seed(config.seed)  # after DDP's set-up, which draws random numbers
     groups = [
@@ -107,12 +116,17 @@ def train_classifier(
     peak_lrs = [group["lr"] for group in optimizer.param_groups]
     multilabel = data.multilabel
     best = (-1.0, copy.deepcopy(model.state_dict()))
+    warmup = WarmupEnd(config.frozen_warmup, config.epochs, config.max_time_s, steps_per_epoch)
     start, done, over = time.monotonic(), 0, False
     for _ in range(config.epochs) if config.epochs is not None else itertools.count():
         model.train()
+        if frozen:
+            model.backbone.eval()  # keep the pretrained BatchNorm statistics
         order = train[torch.randperm(len(train))]
         for step in range(steps_per_epoch):
             elapsed = rank_zero_value(time.monotonic() - start, device)  # one clock decides
+            if frozen and warmup.reached(done, elapsed):
+                frozen, forward = False, unfreeze(model.backbone, model, shard, device)
             factor = cosine_factor(done, total_steps, elapsed, config.max_time_s)
             for group, peak in zip(optimizer.param_groups, peak_lrs, strict=True):
                 group["lr"] = peak * factor

@@ -47,6 +47,14 @@ def subset_split(data: LabeledSet, fraction: float, seed: int) -> ProbeSplit:
     return ProbeSplit(train, val, split.test)
 
 
+def warmup_text(settings: ClassifySettings) -> str:
+    """The frozen warm-up of a pretrained fine-tune, in words ("" without one)."""
+    share = settings.finetune.frozen_warmup
+    if settings.protocol != "finetune" or not share:
+        return ""
+    return f" (pretrained: backbone frozen for the first {share:.0%} of the budget)"
+
+
 def transfer_classify_sweep(
     run_dir: Path, data_path: Path, out_dir: Path, settings: ClassifySettings, plan: SweepPlan
 ) -> dict[str, Any]:
@@ -97,8 +105,8 @@ def transfer_classify_sweep(
     journal = SweepJournal(out_dir, recorded)
     curves = run_sweep(plan, settings.baseline, run_one, journal, metric)
     facts = [
-        f"Backbone: `{run_dir}`; protocol {settings.protocol}; data `{data_path}`, "
-        f"{len(data.classes)} classes.",
+        f"Backbone: `{run_dir}`; protocol {settings.protocol}{warmup_text(settings)}; data "
+        f"`{data_path}`, {len(data.classes)} classes.",
         f"Labels: a stratified share of the train ({len(data.split.train)}) and validation "
         f"({len(data.split.val)}) parts per fraction and seed; test: all "
         f"{len(data.split.test)} images of the fixed test part.",

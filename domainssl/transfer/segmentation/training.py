@@ -30,6 +30,7 @@ from domainssl.transfer.segmentation.metrics import (
     metrics_from_confusion,
 )
 from domainssl.transfer.segmentation.model import Segmenter
+from domainssl.transfer.warmup import WarmupEnd, unfreeze
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -93,8 +94,7 @@ class SegmentTrainConfig:
     freeze_encoder: bool = False
     frozen_warmup: float = 0.0
     """Share of the budget (epochs' steps or ``max_time_s``, whichever ends first) that trains
-    the decoder on a frozen encoder before the whole network is fine-tuned (LP-FT, Kumar et
-    al. 2022): the new decoder stops sending large random gradients into pretrained weights."""
+    the decoder on a frozen encoder before everything is fine-tuned (:mod:`..warmup`)."""
     weight_decay: float = 1e-4
     seed: int = 0
     num_workers: int = 0
@@ -190,7 +190,7 @@ def train_segmenter(
         pin_memory=target.type == "cuda",
     )
     ignore = train_set.encoding.ignore_index
-    warmup = WarmupEnd(config, len(loader))
+    warmup = WarmupEnd(config.frozen_warmup, config.epochs, config.max_time_s, len(loader))
     start, steps, losses, out_of_time = time.monotonic(), 0, [], False
     for epoch in range(config.epochs) if config.epochs is not None else itertools.count():
         model.train()
@@ -203,9 +203,7 @@ def train_segmenter(
             warming = frozen and not config.freeze_encoder
             elapsed = time.monotonic() - start
             if warming and rank_zero_decides(warmup.reached(steps, elapsed), target):
-                frozen = False
-                model.encoder.requires_grad_(True).train()
-                forward = replicate(model, shard, target)  # DDP now syncs the encoder too
+                frozen, forward = False, unfreeze(model.encoder, model, shard, target)
             masks = batch["mask"].to(target, non_blocking=True)  # (B, T, T)
             labelled = float((masks != ignore).sum())
             if global_sum(labelled, target) == 0:
@@ -228,22 +226,6 @@ def train_segmenter(
             break
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return state, asdict(FitSummary(losses, steps, stopped_by_time=out_of_time))
-
-
-@dataclass
-class WarmupEnd:
-    """When the frozen-encoder warm-up of ``config.frozen_warmup`` ends: after that share of
-    the epochs' steps or of the time budget, whichever comes first."""
-
-    config: SegmentTrainConfig
-    steps_per_epoch: int
-
-    def reached(self, steps: int, seconds: float) -> bool:
-        share, epochs, budget = (
-            self.config.frozen_warmup, self.config.epochs, self.config.max_time_s
-        )  # fmt: skip
-        by_steps = epochs is not None and steps >= share * epochs * self.steps_per_epoch
-        return by_steps or (budget is not None and seconds >= share * budget)
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
