@@ -113,12 +113,16 @@ class SweepJournal:
         done: dict[tuple[str, float, int], tuple[float, int]] = {}
         if not self.path.exists():
             return done
-        for line in self.path.read_text().splitlines():
+        text = self.path.read_text()
+        for line in text.splitlines():
             try:
                 run = json.loads(line)
                 done[(run["init"], run["fraction"], run["seed"])] = (run["score"], run["labels"])
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # a line cut short by a crash: that run is trained again
+        if text and not text.endswith("\n"):
+            with open(self.path, "a") as journal:
+                journal.write("\n")  # the next record starts on a line of its own
         return done
 
     def run(self, init: str, fraction: float, seed: int, run_one: RunOne) -> tuple[float, int]:
@@ -128,12 +132,10 @@ class SweepJournal:
             self.reused += 1
             return self.done[key]
         score, labels = run_one(init, fraction, seed)
-        written = self.path.read_bytes() if self.path.exists() else b""
-        cut_short = "\n" if written and not written.endswith(b"\n") else ""
         record = {"init": init, "fraction": fraction, "seed": seed, "score": score,
                   "labels": labels}  # fmt: skip
         with open(self.path, "a") as journal:
-            journal.write(cut_short + json.dumps(record) + "\n")
+            journal.write(json.dumps(record) + "\n")
             journal.flush()
             os.fsync(journal.fileno())
         self.done[key] = (score, labels)
