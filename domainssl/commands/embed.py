@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from domainssl.commands.common import pick_device, user_errors
+from domainssl.commands.common import PRECISION_HELP, inference_precision, pick_device, user_errors
 from domainssl.errors import DomainSSLError
 
 CPU_READERS = 0
@@ -75,7 +75,7 @@ def embed(
         Path | None, typer.Option("--map", help="Chips: also write a 2-D t-SNE map (PNG).")
     ] = None,
     accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "auto",
-    precision: Annotated[str, typer.Option(help="32-true or 16-mixed (AMP on a GPU).")] = "32-true",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "32-true",
 ) -> None:
     """Embed every tissue patch of each slide (h5, CLAM/TRIDENT layout), every tile of each
     GeoTIFF scene (embedding raster and GeoParquet) or every chip of a folder (Parquet)."""
@@ -88,35 +88,32 @@ def embed(
         return
     if model is None or data is None:
         raise DomainSSLError("Give the MODEL to embed with and --data (or --merge OUT_DIR).")
-    if precision not in ("32-true", "16-mixed"):
-        raise DomainSSLError(f"--precision must be 32-true or 16-mixed, not {precision!r}.")
     device = pick_device(accelerator)
+    inference_precision(precision, device)
     from domainssl.embed.items import is_archive
 
     if not data.exists():
         raise DomainSSLError(f"Data path {data} does not exist: check --data.")
     if not is_archive(data):
-        _embed_chips(model, data, out, map_png, device, tile)
+        _embed_chips(model, data, out, map_png, device, precision, tile)
         return
     run = _archive_run(
         model, data, out, fmt, dtype, tissue_geojson, mpp, slide_mpp, tissue_threshold, tile,
         batch_size or (64 if device == "cuda" else 16),
         num_workers if num_workers is not None else (2 if device == "cuda" else CPU_READERS),
-        shard, device,
-        precision == "16-mixed",
+        shard, device, precision,
     )  # fmt: skip
     _embed_archive(run, devices)
 
 
-def _embed_chips(
-    model: str, data: Path, out: Path, map_png: Path | None, device: str, tile: int | None
-) -> None:
+def _embed_chips(model: str, data: Path, out: Path, map_png: Path | None, device: str,
+                 precision: str, tile: int | None) -> None:  # fmt: skip
     from domainssl.embed.chips import embed_folder
     from domainssl.embed.encoder import encoder_folder
 
     target = out if out.suffix == ".parquet" else out / "embeddings.parquet"
     encoder = encoder_folder(model, target.parent, tile)
-    count = embed_folder(encoder, data, target, map_png, device)
+    count = embed_folder(encoder, data, target, map_png, device, precision)
     typer.echo(
         f"Wrote {count} embeddings to {target}" + (f" and a map to {map_png}" if map_png else "")
     )
@@ -125,7 +122,7 @@ def _embed_chips(
 def _archive_run(model: str, data: Path, out: Path, fmt: str, dtype: str, tissue_geojson: bool,
                  mpp: float | None, slide_mpp: float | None, tissue_threshold: float,
                  tile: int | None, batch_size: int, num_workers: int, shard: str | None,
-                 device: str, amp: bool) -> ArchiveRun:  # fmt: skip
+                 device: str, precision: str) -> ArchiveRun:  # fmt: skip
     from domainssl.embed.archive import ArchiveRun
     from domainssl.embed.claims import Shard
     from domainssl.embed.compute import Compute
@@ -141,7 +138,7 @@ def _archive_run(model: str, data: Path, out: Path, fmt: str, dtype: str, tissue
         raise DomainSSLError(f"--tile must be a positive number of pixels, not {tile}.")
     return ArchiveRun(
         model, data, out, Shard.parse(shard) if shard else Shard.from_environment(),
-        Compute(tile, batch_size, num_workers, device, amp),
+        Compute(tile, batch_size, num_workers, device, precision),
         SlideSettings(mpp, slide_mpp, tissue_threshold, dtype, tissue_geojson),
         SceneSettings(formats),
     )  # fmt: skip

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from domainssl.commands.common import pick_device, user_errors
+from domainssl.commands.common import PRECISION_HELP, inference_precision, pick_device, user_errors
 from domainssl.errors import DomainSSLError
 
 CPU_BATCH = 4
@@ -39,7 +39,7 @@ def infer(
     ] = False,
     cog: Annotated[bool, typer.Option(help="Write a cloud-optimized GeoTIFF.")] = False,
     accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "auto",
-    precision: Annotated[str, typer.Option(help="32-true or 16-mixed (AMP on a GPU).")] = "32-true",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "32-true",
     num_workers: Annotated[int, typer.Option(help="Tile reader processes.")] = 2,
     devices: Annotated[
         int,
@@ -66,9 +66,8 @@ def infer(
     from domainssl.infer.wsi.infer import infer_slide, is_slide_source
     from domainssl.models.parallel import require_devices
 
-    if precision not in ("32-true", "16-mixed"):
-        raise DomainSSLError(f"--precision must be 32-true or 16-mixed, not {precision!r}.")
-    device, amp = pick_device(accelerator), precision == "16-mixed"
+    device = pick_device(accelerator)
+    inference_precision(precision, device)
     if device == "cuda" or devices < 1:
         require_devices(devices)
     batch_size = batch_size or (16 if device == "cuda" else CPU_BATCH)
@@ -81,13 +80,13 @@ def infer(
     try:
         summary = (
             infer_slide(
-                model_dir, source, out, tile, batch_size, device, num_workers, amp,
+                model_dir, source, out, tile, batch_size, device, num_workers, precision,
                 progress=True, mpp=mpp, tissue_threshold=tissue_threshold, slide_mpp=slide_mpp,
             )
             if slide
             else infer_geotiff(
                 model_dir, source, out, tile, overlap, batch_size, probabilities, device,
-                num_workers, amp, cog, progress=True, resume=resume, devices=devices,
+                num_workers, precision, cog, progress=True, resume=resume, devices=devices,
             )
         )  # fmt: skip
     except KeyboardInterrupt:

@@ -103,7 +103,7 @@ class ShardWorker:
             backbone, meta = load_backbone(self.encoder)
             device = torch.device(self.run.compute.device)
             network = for_inference(backbone)
-            self._runner = TileRunner(network, meta, device, self.run.compute.amp, self.bar)
+            self._runner = TileRunner(network, meta, device, self.run.compute.precision, self.bar)
         return self._runner
 
     def record(self, item: Item, status: Status, count: int, seconds: float, error: str,

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from domainssl.data.folder import ChipFolder
 from domainssl.export import load_backbone, preprocess
+from domainssl.infer.runner import autocast_dtype
 from domainssl.io import atomic_write
 
 MAP_POINTS = 5000
@@ -19,18 +20,25 @@ MAP_POINTS = 5000
 
 @torch.no_grad()
 def embed_folder(
-    run_dir: Path, data: Path, out: Path, map_png: Path | None = None, device: str = "cpu"
+    run_dir: Path,
+    data: Path,
+    out: Path,
+    map_png: Path | None = None,
+    device: str = "cpu",
+    precision: str = "32-true",
 ) -> int:
     """Write ``out`` (columns path, label, embedding) for every image under ``data``, read and
     normalized as in pretraining; labels are class-folder names (null without them).
     With ``map_png``, also a 2-D t-SNE map coloured by label. Returns the row count."""
     backbone, meta = load_backbone(run_dir)
     backbone = backbone.to(device)
+    dtype = autocast_dtype(precision, torch.device(device))
     images = ChipFolder(data, size=meta.input_size, in_chans=meta.in_chans)
     features, paths, labels = [], [], []
     for batch in DataLoader(images, batch_size=128, num_workers=2):
         inputs = preprocess(meta, batch["image"]).to(device)  # (B, C, S, S)
-        features.append(backbone(inputs).cpu())
+        with torch.autocast(inputs.device.type, dtype=dtype, enabled=dtype is not None):
+            features.append(backbone(inputs).float().cpu())
         paths += batch["path"]
         labels += [images.classes[i] if i >= 0 else None for i in batch["label"].tolist()]
     matrix = torch.cat(features).numpy().astype(np.float32)  # (N, D)

@@ -15,5 +15,5 @@ class Compute:
     num_workers: int
     """Reader processes per device."""
     device: str
-    amp: bool
-    """Mixed precision (CUDA only)."""
+    precision: str
+    """32-true, 16-mixed (float16 autocast, CUDA only) or bf16-mixed."""

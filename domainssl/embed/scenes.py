@@ -40,7 +40,7 @@ def embed_scene(source: Path, out_dir: Path, name: str, model_dir: Path,
         with staged(scene_outputs(out_dir, name, settings)) as temps:
             summary = infer_geotiff(
                 model_dir, source, raster, compute.tile, 0, compute.batch_size,
-                device=compute.device, num_workers=compute.num_workers, amp=compute.amp,
+                device=compute.device, num_workers=compute.num_workers, precision=compute.precision,
                 cog=True, picture=False,
             )  # fmt: skip
             if "parquet" in settings.formats:

@@ -84,6 +84,7 @@ def _write_h5(path: Path, grid: SlideGrid, runner: TileRunner, loader: DataLoade
             tissue=json.dumps(tissue_settings(grid)),
             slide=grid.path,
             settings=json.dumps(asdict(settings)),
+            precision=runner.precision,
             domainssl_version=domainssl.__version__,
         )
     return count

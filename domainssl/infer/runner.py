@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from domainssl.errors import DomainSSLError
 from domainssl.export import BackboneMeta, preprocess
 from domainssl.infer.allocator import keep_freed_memory
 from domainssl.infer.models import Task
@@ -30,16 +31,45 @@ class InferSummary:
     outputs: list[Path]
 
 
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
+"""Inference precisions: float32; float16 autocast (CUDA only: the CPU runs float32);
+bfloat16 autocast (CUDA, and CPUs with bfloat16 instructions, where it is about 2x faster
+for ResNets and changes features by about 1%: ``bench/results.md``, ``embed-speed``)."""
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of ``PRECISIONS``; a user error otherwise."""
+    if precision not in PRECISIONS:
+        raise DomainSSLError(f"--precision must be {', '.join(PRECISIONS)}, not {precision!r}.")
+    return precision
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype ``precision`` runs convolutions and matrix products in on ``device``;
+    None: float32."""
+    if precision == "bf16-mixed":
+        return torch.bfloat16
+    if precision == "16-mixed" and device.type == "cuda":
+        return torch.float16
+    return None
+
+
 class TileRunner:
     """Runs the network on the tiles of a batch that hold a valid pixel."""
 
     def __init__(
-        self, network: nn.Module, meta: BackboneMeta, device: torch.device, amp: bool, bar: tqdm
+        self,
+        network: nn.Module,
+        meta: BackboneMeta,
+        device: torch.device,
+        precision: str,
+        bar: tqdm,
     ) -> None:
         self.network, self.meta, self.device = network.to(device), meta, device
         if device.type == "cpu":
             keep_freed_memory()  # activations reused, not page-faulted again every batch
-        self.amp, self.bar, self.tiles_run = amp and device.type == "cuda", bar, 0
+        self.precision, self.bar, self.tiles_run = check_precision(precision), bar, 0
+        self.autocast = autocast_dtype(precision, device)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, valid: torch.Tensor) -> list[np.ndarray | None]:
@@ -48,7 +78,9 @@ class TileRunner:
         results: list[np.ndarray | None] = [None] * len(ran)
         if bool(ran.any()):
             inputs = preprocess(self.meta, images[ran].to(self.device, non_blocking=True))
-            with torch.autocast(self.device.type, enabled=self.amp):
+            with torch.autocast(
+                self.device.type, dtype=self.autocast, enabled=self.autocast is not None
+            ):
                 outputs = self.network(inputs).float().cpu().numpy()  # (b, K[, T, T])
             for slot, output in zip(ran.nonzero()[:, 0].tolist(), outputs, strict=True):
                 results[slot] = output

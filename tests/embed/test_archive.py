@@ -110,6 +110,34 @@ def test_coords_point_at_the_pixels_that_were_embedded(model: Path, tmp_path: Pa
     assert np.median(distances[~np.eye(5, dtype=bool)]) > 100 * distances.diagonal().max()
 
 
+def test_bf16_features_stay_within_2_percent_of_float32_and_the_h5_names_the_precision(
+    model: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "slides"
+    write_slide(folder / "noisy.tif", tissue=[(0, 0, 2048, 1536)], gradient=True)
+    features = {}
+    for precision in ("32-true", "bf16-mixed"):
+        code, output = embed(model, folder, tmp_path / precision, "--precision", precision)
+        assert code == 0, output
+        with h5py.File(tmp_path / precision / "noisy.h5") as file:
+            features[precision] = file["features"][:]
+            assert file.attrs["precision"] == precision
+    exact, half = features["32-true"], features["bf16-mixed"]
+    assert exact.shape == half.shape and not np.array_equal(exact, half)  # bf16 did run
+    error = np.linalg.norm(half - exact, axis=1) / np.linalg.norm(exact, axis=1)
+    assert error.max() < 0.02, error.max()
+    distances = np.linalg.norm(half[:, None] - exact[None], axis=2)  # (N, N)
+    assert np.median(distances) > 4 * distances.diagonal().max()  # patches stay apart
+
+
+def test_an_unknown_precision_is_exit_2_naming_the_choices(
+    model: Path, slides: Path, tmp_path: Path
+) -> None:
+    code, output = embed(model, slides, tmp_path, "--precision", "bf16")
+    assert code == 2 and "bf16-mixed" in output and "Traceback" not in output
+    assert not (tmp_path / "manifest.csv").exists()
+
+
 def test_identical_slides_give_identical_features(
     model: Path, slides: Path, tmp_path: Path
 ) -> None:

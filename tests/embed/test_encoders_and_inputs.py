@@ -60,6 +60,21 @@ def test_a_transfer_output_embeds_with_its_fine_tuned_backbone(tmp_path: Path) -
     np.testing.assert_allclose(table["embedding"][row], expected.numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_chips_embed_in_bf16_close_to_float32(tmp_path: Path) -> None:
+    model = write_infer_models(tmp_path / "models")["embed"]
+    chips = flat_chips(tmp_path / "chips", count=6)
+    tables = {}
+    for precision in ("32-true", "bf16-mixed"):
+        out = tmp_path / f"{precision}.parquet"
+        result = runner.invoke(app, ["embed", str(model), "--data", str(chips), "--out", str(out),
+                                     "--accelerator", "cpu", "--precision", precision])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        tables[precision] = np.array(pq.read_table(out).to_pydict()["embedding"])
+    exact, half = tables["32-true"], tables["bf16-mixed"]
+    error = np.linalg.norm(half - exact, axis=1) / np.linalg.norm(exact, axis=1)
+    assert not np.array_equal(exact, half) and error.max() < 0.02, error
+
+
 def test_cached_hub_weights_embed_with_their_own_normalization(tmp_path: Path) -> None:
     weights = load_file(write_hf_cache(tmp_path / "hf"))
     chips = flat_chips(tmp_path / "chips", size=64)

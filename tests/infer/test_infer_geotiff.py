@@ -301,8 +301,9 @@ def test_a_resumed_run_skips_finished_rows_and_equals_an_uninterrupted_one(
     np.testing.assert_array_equal(read(out)[0], read(whole)[0])
 
 
+@pytest.mark.parametrize(("overlap", "precision"), [(4, "32-true"), (None, "bf16-mixed")])
 def test_resume_ignores_a_partial_output_of_other_settings(
-    models: dict, scene: Path, monkeypatch: pytest.MonkeyPatch
+    models: dict, scene: Path, monkeypatch: pytest.MonkeyPatch, overlap: int | None, precision: str
 ) -> None:
     monkeypatch.setattr(partial_module, "FLUSH_INTERVAL_S", 0.0)
     out = scene.parent / "prediction.tif"
@@ -310,10 +311,11 @@ def test_resume_ignores_a_partial_output_of_other_settings(
     with pytest.raises(KeyboardInterrupt):
         infer_geotiff(models["segment"], scene, out, tile=32, batch_size=2, num_workers=0)
     monkeypatch.setattr(streaming, "load_network", lambda model_dir, spec: PixelModel())
-    other = partial(infer_geotiff, tile=32, overlap=4, batch_size=2, num_workers=0)
+    other = partial(infer_geotiff, tile=32, overlap=overlap, batch_size=2, num_workers=0,
+                    precision=precision)  # fmt: skip
     resumed = other(models["segment"], scene, out, resume=True)
     fresh = other(models["segment"], scene, scene.parent / "fresh.tif")
-    assert resumed.tiles_run == fresh.tiles_run  # started afresh: the overlap differs
+    assert resumed.tiles_run == fresh.tiles_run  # started afresh: a setting differs
     np.testing.assert_array_equal(read(out)[0], read(scene.parent / "fresh.tif")[0])
 
 

@@ -22,7 +22,7 @@ from domainssl.infer.geotiff.reader import READ_CACHE_MB
 from domainssl.infer.geotiff.resumable import PartialRaster
 from domainssl.infer.geotiff.row_parts import discard_parts, joined, run_parts
 from domainssl.infer.geotiff.streaming import Plan, RowRun, RunOptions, plan_run
-from domainssl.infer.runner import InferSummary
+from domainssl.infer.runner import InferSummary, autocast_dtype, check_precision
 from domainssl.models.parallel import require_devices
 
 
@@ -55,7 +55,7 @@ def infer_geotiff(
     probabilities: bool = False,
     device: str = "cpu",
     num_workers: int = 2,
-    amp: bool = False,
+    precision: str = "32-true",
     cog: bool = False,
     progress: bool = False,
     resume: bool = False,
@@ -78,7 +78,7 @@ def infer_geotiff(
         probabilities: segment / classify: per-class float32 probabilities, not labels.
         device: torch device of the model (``cuda``: with ``devices`` > 1, ``cuda:0``..).
         num_workers: DataLoader processes reading tiles (per device).
-        amp: mixed precision (CUDA only; ignored on CPU).
+        precision: 32-true, 16-mixed (float16 autocast, CUDA only) or bf16-mixed.
         cog: lay the outputs out as cloud-optimized GeoTIFFs (with overviews).
         progress: show a tqdm bar (tiles/s, ETA).
         resume: go on from the rows an interrupted run with the same input, model and
@@ -91,9 +91,10 @@ def infer_geotiff(
     start = time.monotonic()
     if devices < 1 or torch.device(device).type == "cuda":
         require_devices(devices)
-    plan = plan_run(model_dir, source, tile, overlap, probabilities)
+    autocast = autocast_dtype(check_precision(precision), torch.device(device))
+    plan = plan_run(model_dir, source, tile, overlap, probabilities, autocast)
     partial = PartialRaster(out, plan.profile, plan.key(), resume)
-    options = RunOptions(device, batch_size, num_workers, amp, progress)
+    options = RunOptions(device, batch_size, num_workers, precision, progress)
     if devices > 1:
         parts, tiles_run = run_parts(plan, out, partial.rows_done, options, devices, resume)
         outputs = write_output(plan, partial, joined(plan, out, parts), cog, picture)

@@ -42,6 +42,8 @@ class Plan:
     kind: OutputKind
     profile: dict[str, Any]
     """The output GeoTIFF's creation profile."""
+    autocast: str = "None"
+    """The dtype the network computes in under autocast (``runner.autocast_dtype``)."""
 
     @property
     def blended(self) -> bool:
@@ -75,13 +77,20 @@ class Plan:
         return {
             "source": identity(self.source), "model": [identity(w) for w in weights],
             "tile": grid.tile, "stride": grid.stride, "output": self.kind, "task": self.spec.task,
+            "autocast": self.autocast,
         }  # fmt: skip
 
 
 def plan_run(
-    model_dir: Path, source: Path, tile: int | None, overlap: int | None, probabilities: bool
+    model_dir: Path,
+    source: Path,
+    tile: int | None,
+    overlap: int | None,
+    probabilities: bool,
+    autocast: torch.dtype | None = None,
 ) -> Plan:
-    """The plan of a run; a band-count mismatch fails here, before any work."""
+    """The plan of a run; a band-count mismatch fails here, before any work. ``autocast``:
+    the dtype of mixed precision (None: float32)."""
     spec = read_model_spec(model_dir)
     raster = RasterInfo.of(source)
     if raster.count != spec.meta.in_chans:
@@ -105,7 +114,7 @@ def plan_run(
         profile.update(count=1, dtype=label_type, nodata=np.iinfo(label_type).max)
     else:
         profile.update(count=len(spec.band_names), dtype="float32", nodata=np.nan)
-    return Plan(model_dir, source, spec, raster, grid, kind, profile)
+    return Plan(model_dir, source, spec, raster, grid, kind, profile, str(autocast))
 
 
 @dataclass(frozen=True)
@@ -115,8 +124,8 @@ class RunOptions:
     device: str = "cpu"
     batch_size: int = 16
     num_workers: int = 2
-    amp: bool = False
-    """Mixed precision (CUDA only; ignored on CPU)."""
+    precision: str = "32-true"
+    """One of ``runner.PRECISIONS``."""
     progress: bool = False
 
 
@@ -181,7 +190,7 @@ class RowRun:
         )  # fmt: skip
         network = load_network(plan.model_dir, plan.spec)
         self.runner = TileRunner(
-            network, plan.spec.meta, torch.device(options.device), options.amp, self.bar
+            network, plan.spec.meta, torch.device(options.device), options.precision, self.bar
         )
         loader = DataLoader(
             Subset(TileReader(raster, grid), tiles),

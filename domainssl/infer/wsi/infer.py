@@ -145,7 +145,7 @@ def infer_slide(
     batch_size: int = 16,
     device: str = "cpu",
     num_workers: int = 2,
-    amp: bool = False,
+    precision: str = "32-true",
     progress: bool = False,
     mpp: float | None = None,
     tissue_threshold: float = 0.5,
@@ -169,7 +169,7 @@ def infer_slide(
         batch_size: tiles per forward pass.
         device: torch device of the model.
         num_workers: DataLoader processes reading tiles.
-        amp: mixed precision (CUDA only; ignored on CPU).
+        precision: 32-true, 16-mixed (float16 autocast, CUDA only) or bf16-mixed.
         progress: show a tqdm bar (tiles/s, ETA).
         mpp: microns per pixel to read tiles at (default: the pretraining resolution
             recorded in the model; required when it records none).
@@ -191,7 +191,7 @@ def infer_slide(
     grid = tissue_grid(source, size, read_mpp, tissue_threshold, slide_mpp)
     network = load_network(model_dir, spec)
     bar = tqdm(total=len(grid.coords), unit="tile", desc=source.name, disable=not progress)
-    runner = TileRunner(network, spec.meta, torch.device(device), amp, bar)
+    runner = TileRunner(network, spec.meta, torch.device(device), precision, bar)
     loader = DataLoader(
         SlidePatches([grid], 0, random=False),
         batch_size=batch_size,
