@@ -2,12 +2,17 @@
 
 1. speed: `domainssl embed` (reader processes, batch norms folded, channels-last) vs a naive
    loop (OpenSlide ``read_region`` per patch at the best level, batch, eager model) with the
-   same model, batch, patches and threads, on the shared slides;
+   same model, batch, patches and threads, on the shared slides; both in float32 and in
+   bfloat16 autocast (``--precision bf16-mixed``), with how far the bf16 features are from
+   the float32 ones;
 2. memory: peak RSS of `domainssl embed` on 1 vs 10 copies of a slide, and on the slide vs
    one 12x its area (the slide tiled 4 x 3 into a pyramidal TIFF);
 3. shards: a cohort of 10 slides by one process vs two concurrent `--shard` processes.
 
     python bench/embed_speed.py --slides ../shared/data/wsi
+
+With ``--device cuda`` (a GPU machine) both paths run on the GPU and the memory and shard
+parts are left out.
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ from report import write_section
 from domainssl.data.pathology import build_grid, read_patch
 from domainssl.export import BackboneMeta, export_backbone, load_backbone, preprocess
 from domainssl.models.backbones import create_backbone
+from domainssl.models.inference import for_inference
 
 MPP, SIZE, BATCH = 0.5, 224, 16
+PRECISIONS: dict[str, torch.dtype | None] = {"32-true": None, "bf16-mixed": torch.bfloat16}
 
 
 def make_encoder(folder: Path) -> Path:
@@ -47,10 +54,10 @@ def make_encoder(folder: Path) -> Path:
     return folder
 
 
-def embed_command(model: Path, data: Path, out: Path, *more: str) -> list[str]:
+def embed_command(model: Path, data: Path, out: Path, *more: str, device: str = "cpu") -> list[str]:
     return [sys.executable, "-m", "domainssl", "embed", str(model), "--data", str(data),
             "--out", str(out), "--slide-mpp", "0.25", "--batch-size", str(BATCH),
-            "--accelerator", "cpu", *more]  # fmt: skip
+            "--accelerator", "gpu" if device == "cuda" else "cpu", *more]  # fmt: skip
 
 
 def peak_rss_mb(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
@@ -67,11 +74,15 @@ def peak_rss_mb(command: list[str], env: dict[str, str] | None = None) -> tuple[
     return float(seconds), int(kilobytes) / 1024
 
 
-def naive_loop(model: Path, slides: list[Path], slide_mpp: float) -> tuple[int, float]:
+def naive_loop(
+    model: Path, slides: list[Path], slide_mpp: float, device: str, dtype: torch.dtype | None
+) -> tuple[int, float]:
     """Patches and seconds of: for each slide, the same tissue grid (``build_grid``, as both
     paths must find the tissue), then for each patch OpenSlide ``read_region`` at the best
-    level (+ resize), batches of ``BATCH``, the eager model."""
+    level (+ resize), batches of ``BATCH``, the eager model (under autocast to ``dtype``
+    unless None)."""
     backbone, meta = load_backbone(model)
+    backbone = backbone.to(device)
     start, count = time.perf_counter(), 0
     for slide_path in slides:
         grid = build_grid(slide_path, SIZE, MPP, 0.5, slide_mpp)
@@ -79,9 +90,56 @@ def naive_loop(model: Path, slides: list[Path], slide_mpp: float) -> tuple[int, 
             for first in range(0, len(grid.coords), BATCH):
                 patches = [read_patch(slide, grid, x, y)
                            for x, y in grid.coords[first : first + BATCH]]  # fmt: skip
-                backbone(preprocess(meta, torch.from_numpy(np.stack(patches))))
+                inputs = preprocess(meta, torch.from_numpy(np.stack(patches)).to(device))
+                with torch.autocast(inputs.device.type, dtype=dtype, enabled=dtype is not None):
+                    backbone(inputs).float().cpu()
                 count += len(patches)
     return count, time.perf_counter() - start
+
+
+def model_alone(model: Path, slide_path: Path, device: str) -> dict[tuple[str, str], float]:
+    """Median ms per patch of the model alone on one batch of real patches, (eager or
+    prepared for inference: batch norms folded, channels-last) x (float32 or bf16), over 5
+    alternating rounds of 5 batches each."""
+    grid = build_grid(slide_path, SIZE, MPP, 0.5, 0.25)
+    with openslide.OpenSlide(str(slide_path)) as slide:
+        patches = np.stack([read_patch(slide, grid, x, y) for x, y in grid.coords[:BATCH]])
+    eager, meta = load_backbone(model)
+    networks = {
+        "eager": eager.eval().to(device),
+        "prepared": for_inference(load_backbone(model)[0]).to(device),
+    }
+    inputs = preprocess(meta, torch.from_numpy(patches).to(device))
+    times: dict[tuple[str, str], list[float]] = {}
+    with torch.no_grad():
+        for _ in range(5):
+            for name, network in networks.items():
+                for precision, dtype in PRECISIONS.items():
+                    with torch.autocast(inputs.device.type, dtype=dtype, enabled=dtype is not None):
+                        network(inputs)  # warm-up
+                        synchronize(device)
+                        start = time.perf_counter()
+                        for _ in range(5):
+                            network(inputs).float().cpu()
+                        seconds = time.perf_counter() - start
+                    times.setdefault((name, precision), []).append(1000 * seconds / (5 * BATCH))
+    return {key: float(np.median(values)) for key, values in times.items()}
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bf16_error(exact: list[Path], half: list[Path]) -> tuple[float, float]:
+    """Median and largest relative L2 distance of bf16 features from float32 ones, per patch."""
+    errors = []
+    for one, two in zip(exact, half, strict=True):
+        with h5py.File(one) as a, h5py.File(two) as b:
+            x, y = a["features"][:], b["features"][:]
+        errors.append(np.linalg.norm(y - x, axis=1) / np.linalg.norm(x, axis=1))
+    joined = np.concatenate(errors)
+    return float(np.median(joined)), float(joined.max())
 
 
 def tiled_slide(source: Path, out: Path, across: int, down: int) -> Path:
@@ -105,6 +163,8 @@ def main() -> None:
     parser.add_argument("--slides", type=Path, default=Path("../shared/data/wsi"))
     parser.add_argument("--work", type=Path, default=Path("bench/out/embed_speed"))
     parser.add_argument("--section", default="embed-speed")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--rounds", type=int, default=3, help="Repeats of the speed pairs.")
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     work = args.work
@@ -120,21 +180,61 @@ def main() -> None:
         os.symlink(path.resolve(), cohort / path.name)
     threads = torch.get_num_threads()
 
-    # 1. speed, side by side: ours with 0 and 2 reader processes, the naive loop
-    loops = {}
-    for workers in (0, 2):
-        start = time.perf_counter()
-        command = embed_command(model, cohort, work / f"ours{workers}", "--num-workers",
-                                str(workers))  # fmt: skip
-        summary = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        wall = time.perf_counter() - start
-        loops[workers] = (float(summary.split(" in ")[-1].split(" s ")[0]), wall)
-    h5_files = [work / "ours0" / f"{p.stem}.h5" for p in slides]
-    ours_patches = sum(h5py.File(h)["features"].shape[0] for h in h5_files if h.is_file())
-    readable = [cohort / p.name for p in slides if (work / "ours0" / f"{p.stem}.h5").is_file()]
-    naive_patches, naive_seconds = naive_loop(model, readable, 0.25)
-    assert naive_patches == ours_patches
-    manifest = (work / "ours0" / "manifest.csv").read_text()
+    # 1. speed, side by side in each of ``--rounds`` rounds: the naive loop and ours with 0
+    # and 2 reader processes, each in float32 and in bf16 autocast
+    loops: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    naive: dict[str, list[float]] = {}
+    done = [p.stem for p in slides]
+    patches = 0
+    for round_ in range(args.rounds):
+        for precision, dtype in PRECISIONS.items():
+            for workers in (0, 2):
+                out = work / f"ours-{precision}-{workers}-{round_}"
+                start = time.perf_counter()
+                command = embed_command(model, cohort, out, "--num-workers", str(workers),
+                                        "--precision", precision, device=args.device)  # fmt: skip
+                summary = subprocess.run(command, check=True, capture_output=True, text=True)
+                wall = time.perf_counter() - start
+                loop = float(summary.stdout.split(" in ")[-1].split(" s ")[0])
+                loops.setdefault((precision, workers), []).append((loop, wall))
+                done = [s for s in done if (out / f"{s}.h5").is_file()]
+            readable = [cohort / p.name for p in slides if p.stem in done]
+            patches, seconds = naive_loop(model, readable, 0.25, args.device, dtype)
+            naive.setdefault(precision, []).append(seconds)
+    h5_files = {precision: [work / f"ours-{precision}-0-0" / f"{s}.h5" for s in done]
+                for precision in PRECISIONS}  # fmt: skip
+    ours_patches = sum(h5py.File(h)["features"].shape[0] for h in h5_files["32-true"])
+    assert patches == ours_patches
+    error_median, error_max = bf16_error(h5_files["32-true"], h5_files["bf16-mixed"])
+    manifest = (work / "ours-32-true-0-0" / "manifest.csv").read_text()
+    alone = model_alone(model, cmu, args.device)
+    speed = [
+        *speed_lines(loops, naive, ours_patches, error_median, error_max),
+        "",
+        f"The model alone (ms per patch, batch {BATCH} of CMU-1-Small-Region patches, median of "
+        "5 alternating rounds):",
+        "",
+        "| network | 32-true | bf16-mixed |",
+        "|---|---|---|",
+        *[
+            f"| {name} | {alone[name, '32-true']:.1f} | {alone[name, 'bf16-mixed']:.1f} |"
+            for name in ("eager", "prepared")
+        ],
+    ]
+    header = [
+        f"## Archive embedding of slides (`domainssl embed`), {describe(args.device)}, "
+        f"{torch.get_num_threads()} torch threads",
+        "",
+        f"Command: `python bench/embed_speed.py --slides ../shared/data/wsi"
+        f"{' --device cuda' if args.device == 'cuda' else ''}`. Encoder: timm "
+        f"ResNet-18 (random init), {SIZE} px patches at {MPP} µm/px, batch {BATCH}; slides "
+        "without a resolution read as 0.25 µm/px. The cohort: the shared slides and "
+        "CMU-1-Small-Region tiled 4 x 3 into one pyramidal TIFF.",
+        "",
+    ]
+    if args.device == "cuda":  # the memory and shard parts are about the CPU machine
+        finish(args.section, [*header, *speed])
+        return
 
     # 2. memory: 1 vs 10 copies, and a slide 12x the area
     copies = {}
@@ -145,6 +245,8 @@ def main() -> None:
             os.symlink(cmu.resolve(), folder / f"copy{i}.svs")
         copies[count] = peak_rss_mb(embed_command(model, folder, work / f"out{count}"))
     big = peak_rss_mb(embed_command(model, big_folder, work / "out_big"))
+    big_readers = peak_rss_mb(embed_command(model, big_folder, work / "readers_big",
+                                            "--num-workers", "2"))  # fmt: skip
     readers = {count: peak_rss_mb(embed_command(model, work / f"copies{count}",
                                                 work / f"readers{count}", "--num-workers", "2"))
                for count in (1, 10)}  # fmt: skip
@@ -165,31 +267,9 @@ def main() -> None:
         assert process.wait() == 0
     sharded = time.perf_counter() - start
 
-    naive_rate = naive_patches / naive_seconds
-    rows = [
-        f"| `domainssl embed --num-workers {w}`: its item loop (tissue, reading, model, h5) / "
-        f"the whole command (+ start-up, model load) | {ours_patches} | {loop:.1f} / {wall:.1f} "
-        f"| {ours_patches / loop:.1f} / {ours_patches / wall:.1f} |"
-        for w, (loop, wall) in loops.items()
-    ]
-    best = max(ours_patches / loop for loop, _ in loops.values())
     lines = [
-        f"## Archive embedding of slides (`domainssl embed`), {os.cpu_count()} CPU cores, "
-        f"{threads} torch threads",
-        "",
-        "Command: `python bench/embed_speed.py --slides ../shared/data/wsi`. Encoder: timm "
-        f"ResNet-18 (random init), {SIZE} px patches at {MPP} µm/px, batch {BATCH}; slides "
-        "without a resolution read as 0.25 µm/px. The cohort: the shared slides and "
-        "CMU-1-Small-Region tiled 4 x 3 into one pyramidal TIFF.",
-        "",
-        "| path | patches | seconds | patches/s |",
-        "|---|---|---|---|",
-        f"| naive loop (same tissue grid; read_region per patch at the best level, eager "
-        f"model) | {naive_patches} | {naive_seconds:.1f} | {naive_rate:.1f} |",
-        *rows,
-        "",
-        f"Speed-up of the item loop over the naive loop: **{best / naive_rate:.2f}x** (best "
-        "of the two reader settings).",
+        *header,
+        *speed,
         "",
         "| memory run | items | patches per item | seconds | peak RSS (largest process) |",
         "|---|---|---|---|---|",
@@ -200,6 +280,8 @@ def main() -> None:
         f"{readers[1][1]:.0f} MB |",
         f"| 10 copies, 2 reader processes | 10 | {one_patches} | {readers[10][0]:.1f} | "
         f"{readers[10][1]:.0f} MB |",
+        f"| it tiled 4 x 3, 2 reader processes | 1 | {big_patches} | {big_readers[0]:.1f} | "
+        f"{big_readers[1]:.0f} MB |",
         "",
         "| 10 copies | seconds |",
         "|---|---|",
@@ -212,9 +294,76 @@ def main() -> None:
         manifest.strip().replace(str(args.slides.resolve()), "wsi").replace(str(cohort), "wsi"),
         "```",
     ]
+    finish(args.section, lines)
+
+
+def spread(values: list[float], digits: int = 1) -> str:
+    """Median [min-max] of ``values``."""
+    return f"{np.median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
+def speed_lines(
+    loops: dict[tuple[str, int], list[tuple[float, float]]],
+    naive: dict[str, list[float]],
+    patches: int,
+    error_median: float,
+    error_max: float,
+) -> list[str]:
+    """The speed table (median [min-max] over the rounds): the naive loop and ours, per
+    precision and reader count; the speed-ups within each round at equal precision and of
+    ours in bf16 over the naive float32 loop."""
+    rows = []
+    for precision in PRECISIONS:
+        rates = [patches / s for s in naive[precision]]
+        rows.append(
+            f"| naive loop, {precision} (same tissue grid; read_region per patch at the best "
+            f"level, eager model) | {patches} | {spread(naive[precision])} | {spread(rates)} |"
+        )
+        for (p, workers), runs in loops.items():
+            if p == precision:
+                loop_s, wall_s = [r[0] for r in runs], [r[1] for r in runs]
+                rows.append(
+                    f"| `domainssl embed --precision {p} --num-workers {workers}`: its item loop "
+                    "(tissue, reading, model, h5) / the whole command (+ start-up, model load) "
+                    f"| {patches} | {spread(loop_s)} / {spread(wall_s)} "
+                    f"| {spread([patches / s for s in loop_s])} / "
+                    f"{spread([patches / s for s in wall_s])} |"
+                )
+    rounds = len(naive["32-true"])
+
+    def best(precision: str, round_: int) -> float:
+        return min(runs[round_][0] for (p, _), runs in loops.items() if p == precision)
+
+    def gains(ours: str, theirs: str) -> str:
+        return spread([naive[theirs][r] / best(ours, r) for r in range(rounds)], 2)
+
+    return [
+        f"Median [min-max] over {rounds} rounds; each round runs every path once, in the "
+        "order of the table.",
+        "",
+        "| path | patches | seconds | patches/s |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        "Speed-up of the item loop (the better reader setting of the round) over the naive "
+        f"loop of the same round: **{gains('32-true', '32-true')}x** in float32, "
+        f"**{gains('bf16-mixed', 'bf16-mixed')}x** with both in bf16, "
+        f"**{gains('bf16-mixed', '32-true')}x** for ours in bf16 over the naive loop in "
+        "float32. bf16 features vs float32 ones, per patch, relative L2 distance: median "
+        f"{error_median:.4f}, largest {error_max:.4f}.",
+    ]
+
+
+def describe(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{os.cpu_count()} CPU cores"
+
+
+def finish(section: str, lines: list[str]) -> None:
     markdown = "\n".join(lines)
     print(markdown)
-    write_section(args.section, markdown)
+    write_section(section, markdown)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
    once more with ``--strategy ddp`` on one device);
 2. transfer: classify (linear, fine-tune) and segment;
 3. infer on a GeoTIFF mosaic with ``--precision 16-mixed``: the pipeline's tiles/s as a
-   share of the bare network's; infer on a slide with a Macenko-normalized model;
+   share of the bare network's; infer on a slide with a Macenko-normalized model; embed the
+   demo slides with it in bf16-mixed;
 4. throughput: our SimCLR step vs lightly's (same model, batch, precision), achieved
    TFLOP/s as a share of the bf16 peak, and loader-only samples/s per worker process.
 
@@ -317,6 +318,9 @@ def main() -> None:
     check.step("infer slide, Macenko model", lambda: check.cli(
         "infer", str(args.out / "macenko-cls"), str(slide), "--out",
         str(args.out / "heatmap.tif"), *acc))  # fmt: skip
+    check.step("embed slides bf16-mixed (one h5 per slide)", lambda: check.cli(
+        "embed", str(runs / "macenko"), "--data", str(SLIDES), "--out",
+        str(args.out / "slide-features"), "--precision", "bf16-mixed", *acc))  # fmt: skip
     rates = check.step("throughput: our SimCLR step vs lightly's", lambda: throughput(check))
     loader = check.step("data loaders: samples/s per worker", partial(loaders, sizes, args.out))
     if rates and loader:
