@@ -162,10 +162,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--slides", type=Path, default=Path("../shared/data/wsi"))
     parser.add_argument("--work", type=Path, default=Path("bench/out/embed_speed"))
-    parser.add_argument("--section", default="embed-speed")
+    parser.add_argument("--section", help="default embed-speed (embed-speed-gpu with cuda)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--rounds", type=int, default=3, help="Repeats of the speed pairs.")
     args = parser.parse_args()
+    section = args.section or ("embed-speed-gpu" if args.device == "cuda" else "embed-speed")
     shutil.rmtree(args.work, ignore_errors=True)
     work = args.work
     model = make_encoder(work / "encoder")
@@ -223,7 +224,7 @@ def main() -> None:
     ]
     header = [
         f"## Archive embedding of slides (`domainssl embed`), {describe(args.device)}, "
-        f"{torch.get_num_threads()} torch threads",
+        f"{threads} torch threads",
         "",
         f"Command: `python bench/embed_speed.py --slides ../shared/data/wsi"
         f"{' --device cuda' if args.device == 'cuda' else ''}`. Encoder: timm "
@@ -233,7 +234,7 @@ def main() -> None:
         "",
     ]
     if args.device == "cuda":  # the memory and shard parts are about the CPU machine
-        finish(args.section, [*header, *speed])
+        finish(section, [*header, *speed])
         return
 
     # 2. memory: 1 vs 10 copies, and a slide 12x the area
@@ -294,7 +295,7 @@ def main() -> None:
         manifest.strip().replace(str(args.slides.resolve()), "wsi").replace(str(cohort), "wsi"),
         "```",
     ]
-    finish(args.section, lines)
+    finish(section, lines)
 
 
 def spread(values: list[float], digits: int = 1) -> str:
