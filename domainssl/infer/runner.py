@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from domainssl.errors import DomainSSLError
 from domainssl.export import BackboneMeta, preprocess
-from domainssl.infer.allocator import keep_freed_memory
+from domainssl.infer.allocator import ResidentWatch, keep_freed_memory
 from domainssl.infer.models import Task
 
 
@@ -69,6 +69,8 @@ class TileRunner:
         if device.type == "cpu":
             keep_freed_memory()  # activations reused, not page-faulted again every batch
         self.precision, self.bar, self.tiles_run = check_precision(precision), bar, 0
+        self.memory: ResidentWatch | None = None
+        """Set after the first batch, once the heap holds a batch's working memory."""
         self.autocast = autocast_dtype(precision, device)
 
     @torch.no_grad()
@@ -86,4 +88,8 @@ class TileRunner:
                 results[slot] = output
         self.tiles_run += int(ran.sum())
         self.bar.update(len(ran))
+        if self.memory is None:
+            self.memory = ResidentWatch()
+        else:
+            self.memory.check()  # a fragmented heap's free pages go back (infer/allocator.py)
         return results
