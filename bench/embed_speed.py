@@ -4,9 +4,11 @@
    loop (OpenSlide ``read_region`` per patch at the best level, batch, eager model) with the
    same model, batch, patches and threads, on the shared slides; both in float32 and in
    bfloat16 autocast (``--precision bf16-mixed``), with how far the bf16 features are from
-   the float32 ones;
+   the float32 ones; the model alone, eager, prepared, and prepared then compiled
+   (TorchScript, inductor);
 2. memory: peak RSS of `domainssl embed` on 1 vs 10 copies of a slide, and on the slide vs
-   one 12x its area (the slide tiled 4 x 3 into a pyramidal TIFF);
+   one 12x its area (the slide tiled 4 x 3 into a pyramidal TIFF), without and with reader
+   processes, in 3 rounds;
 3. shards: a cohort of 10 slides by one process vs two concurrent `--shard` processes.
 
     python bench/embed_speed.py --slides ../shared/data/wsi
@@ -23,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -30,6 +33,7 @@ import numpy as np
 import openslide
 import tifffile
 import torch
+import torch._inductor.config as inductor_config
 
 sys.path.insert(0, str(Path(__file__).parent))
 from report import write_section
@@ -40,6 +44,7 @@ from domainssl.models.backbones import create_backbone
 from domainssl.models.inference import for_inference
 
 MPP, SIZE, BATCH = 0.5, 224, 16
+READERS = ("--num-workers", "2")
 PRECISIONS: dict[str, torch.dtype | None] = {"32-true": None, "bf16-mixed": torch.bfloat16}
 
 
@@ -98,23 +103,43 @@ def naive_loop(
 
 
 def model_alone(model: Path, slide_path: Path, device: str) -> dict[tuple[str, str], float]:
-    """Median ms per patch of the model alone on one batch of real patches, (eager or
-    prepared for inference: batch norms folded, channels-last) x (float32 or bf16), over 5
-    alternating rounds of 5 batches each."""
+    """Median ms per patch of the model alone on one batch of real patches, per network x
+    (float32 or bf16), over 5 alternating rounds of 5 batches each. Networks: eager; prepared
+    for inference (batch norms folded, channels-last: what `domainssl embed` runs); two
+    compilers tried on the prepared one, TorchScript (trace, freeze, optimize_for_inference)
+    and inductor (``torch.compile`` with weight freezing); key ("compile", precision): the
+    seconds inductor took to compile (its first batch)."""
     grid = build_grid(slide_path, SIZE, MPP, 0.5, 0.25)
     with openslide.OpenSlide(str(slide_path)) as slide:
         patches = np.stack([read_patch(slide, grid, x, y) for x, y in grid.coords[:BATCH]])
     eager, meta = load_backbone(model)
-    networks = {
-        "eager": eager.eval().to(device),
-        "prepared": for_inference(load_backbone(model)[0]).to(device),
-    }
+    prepared = for_inference(load_backbone(model)[0]).to(device)
     inputs = preprocess(meta, torch.from_numpy(patches).to(device))
+    inputs = inputs.contiguous(memory_format=torch.channels_last)
     times: dict[tuple[str, str], list[float]] = {}
+    result: dict[tuple[str, str], float] = {}
+    with torch.no_grad():
+        traced = torch.jit.trace(for_inference(load_backbone(model)[0]).to(device), inputs)
+        torchscript = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+        inductor_config.freezing = True
+        inductor = torch.compile(for_inference(load_backbone(model)[0]).to(device))
+        for precision, dtype in PRECISIONS.items():
+            with torch.autocast(inputs.device.type, dtype=dtype, enabled=dtype is not None):
+                start = time.perf_counter()
+                inductor(inputs)
+                result["compile", precision] = time.perf_counter() - start
+    networks: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "eager": eager.eval().to(device),
+        "prepared": prepared,
+        "prepared, TorchScript": torchscript,
+        "prepared, inductor": inductor,
+    }
     with torch.no_grad():
         for _ in range(5):
             for name, network in networks.items():
                 for precision, dtype in PRECISIONS.items():
+                    if name == "prepared, TorchScript" and dtype is not None:
+                        continue  # traced in float32: autocast does not reach inside
                     with torch.autocast(inputs.device.type, dtype=dtype, enabled=dtype is not None):
                         network(inputs)  # warm-up
                         synchronize(device)
@@ -123,7 +148,12 @@ def model_alone(model: Path, slide_path: Path, device: str) -> dict[tuple[str, s
                             network(inputs).float().cpu()
                         seconds = time.perf_counter() - start
                     times.setdefault((name, precision), []).append(1000 * seconds / (5 * BATCH))
-    return {key: float(np.median(values)) for key, values in times.items()}
+    return result | {key: float(np.median(values)) for key, values in times.items()}
+
+
+def ms(value: float | None) -> str:
+    """A model-alone cell: ms per patch, or n/a where the pair was not run."""
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 def synchronize(device: str) -> None:
@@ -169,6 +199,7 @@ def main() -> None:
     section = args.section or ("embed-speed-gpu" if args.device == "cuda" else "embed-speed")
     shutil.rmtree(args.work, ignore_errors=True)
     work = args.work
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work.resolve() / "inductor")  # compiled cold
     model = make_encoder(work / "encoder")
     slides = sorted(p for p in args.slides.iterdir() if p.suffix in (".svs", ".tif"))
     cmu = next(p for p in slides if p.name.startswith("CMU"))
@@ -218,9 +249,13 @@ def main() -> None:
         "| network | 32-true | bf16-mixed |",
         "|---|---|---|",
         *[
-            f"| {name} | {alone[name, '32-true']:.1f} | {alone[name, 'bf16-mixed']:.1f} |"
-            for name in ("eager", "prepared")
+            f"| {name} | {alone[name, '32-true']:.1f} | {ms(alone.get((name, 'bf16-mixed')))} |"
+            for name in ("eager", "prepared", "prepared, TorchScript", "prepared, inductor")
         ],
+        "",
+        f"Inductor compiled for {alone['compile', '32-true']:.0f} s (float32) and "
+        f"{alone['compile', 'bf16-mixed']:.0f} s (bf16) before its first batch; TorchScript "
+        "has no bf16 entry (traced in float32, autocast does not reach inside).",
     ]
     header = [
         f"## Archive embedding of slides (`domainssl embed`), {describe(args.device)}, "
@@ -237,24 +272,34 @@ def main() -> None:
         finish(section, [*header, *speed])
         return
 
-    # 2. memory: 1 vs 10 copies, and a slide 12x the area
-    copies = {}
+    # 2. memory: 1 vs 10 copies, and a slide 12x the area, without and with reader
+    # processes; 3 rounds, as the heap's layout (and so the peak) can differ from run to run
     for count in (1, 10):
         folder = work / f"copies{count}"
         folder.mkdir()
         for i in range(count):
             os.symlink(cmu.resolve(), folder / f"copy{i}.svs")
-        copies[count] = peak_rss_mb(embed_command(model, folder, work / f"out{count}"))
-    big = peak_rss_mb(embed_command(model, big_folder, work / "out_big"))
-    big_readers = peak_rss_mb(embed_command(model, big_folder, work / "readers_big",
-                                            "--num-workers", "2"))  # fmt: skip
-    readers = {count: peak_rss_mb(embed_command(model, work / f"copies{count}",
-                                                work / f"readers{count}", "--num-workers", "2"))
-               for count in (1, 10)}  # fmt: skip
-    with h5py.File(work / "out_big" / "cmu_x12.h5") as file:
-        big_patches = file["features"].shape[0]
-    with h5py.File(work / "out1" / "copy0.h5") as file:
-        one_patches = file["features"].shape[0]
+    memory_runs = {  # label: (input folder, items, first output, more options)
+        "CMU-1-Small-Region": (work / "copies1", 1, "copy0.h5", ()),
+        "10 copies of it": (work / "copies10", 10, "copy0.h5", ()),
+        "it tiled 4 x 3 (12x the area)": (big_folder, 1, "cmu_x12.h5", ()),
+        "CMU-1-Small-Region, 2 reader processes": (work / "copies1", 1, "copy0.h5", READERS),
+        "10 copies, 2 reader processes": (work / "copies10", 10, "copy0.h5", READERS),
+        "it tiled 4 x 3, 2 reader processes": (big_folder, 1, "cmu_x12.h5", READERS),
+    }
+    memory: dict[str, list[tuple[float, float]]] = {}
+    for round_ in range(3):
+        for number, (label, (folder, _, _, more)) in enumerate(memory_runs.items()):
+            out = work / f"memory{number}-{round_}"
+            memory.setdefault(label, []).append(peak_rss_mb(embed_command(model, folder, out,
+                                                                          *more)))  # fmt: skip
+    memory_rows = []
+    for number, (label, (_, items, first, _)) in enumerate(memory_runs.items()):
+        with h5py.File(work / f"memory{number}-0" / first) as file:
+            per_item = file["features"].shape[0]
+        walls, peaks = [r[0] for r in memory[label]], [r[1] for r in memory[label]]
+        memory_rows.append(f"| {label} | {items} | {per_item} | {spread(walls)} | "
+                           f"{spread(peaks, 0)} MB |")  # fmt: skip
 
     # 3. two shards vs one process on the 10 copies
     single = peak_rss_mb(embed_command(model, work / "copies10", work / "single"))[0]
@@ -272,17 +317,11 @@ def main() -> None:
         *header,
         *speed,
         "",
+        "Memory, median [min-max] over 3 rounds:",
+        "",
         "| memory run | items | patches per item | seconds | peak RSS (largest process) |",
         "|---|---|---|---|---|",
-        f"| CMU-1-Small-Region | 1 | {one_patches} | {copies[1][0]:.1f} | {copies[1][1]:.0f} MB |",
-        f"| 10 copies of it | 10 | {one_patches} | {copies[10][0]:.1f} | {copies[10][1]:.0f} MB |",
-        f"| it tiled 4 x 3 (12x the area) | 1 | {big_patches} | {big[0]:.1f} | {big[1]:.0f} MB |",
-        f"| CMU-1-Small-Region, 2 reader processes | 1 | {one_patches} | {readers[1][0]:.1f} | "
-        f"{readers[1][1]:.0f} MB |",
-        f"| 10 copies, 2 reader processes | 10 | {one_patches} | {readers[10][0]:.1f} | "
-        f"{readers[10][1]:.0f} MB |",
-        f"| it tiled 4 x 3, 2 reader processes | 1 | {big_patches} | {big_readers[0]:.1f} | "
-        f"{big_readers[1]:.0f} MB |",
+        *memory_rows,
         "",
         "| 10 copies | seconds |",
         "|---|---|",
