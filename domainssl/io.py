@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,7 +47,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 @contextmanager
 def staged(finals: list[Path]) -> Iterator[list[Path]]:
     """Temporary paths beside ``finals``, renamed onto them only when the block succeeds;
-    on any error or interrupt they are removed and no final name is touched."""
+    on any error or interrupt they are removed and no final name is touched. Each is an
+    empty file; the block may replace one by a folder (a Zarr store)."""
     temps: list[Path] = []
     try:
         for final in finals:
@@ -56,4 +58,7 @@ def staged(finals: list[Path]) -> Iterator[list[Path]]:
             os.replace(temp, final)
     finally:
         for temp in temps:
-            temp.unlink(missing_ok=True)
+            if temp.is_dir():
+                shutil.rmtree(temp)
+            else:
+                temp.unlink(missing_ok=True)

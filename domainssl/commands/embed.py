@@ -37,7 +37,7 @@ def embed(
         typer.Option(help="Output folder (archives); chips: a .parquet file or a folder."),
     ] = Path("embeddings"),
     fmt: Annotated[
-        str, typer.Option("--format", help="Scenes: tif, parquet or tif,parquet.")
+        str, typer.Option("--format", help="Scenes: some of tif, parquet, zarr, comma-separated.")
     ] = "tif,parquet",
     dtype: Annotated[str, typer.Option(help="Slides: float32 or float16 features.")] = "float32",
     tissue_geojson: Annotated[
@@ -131,7 +131,9 @@ def _archive_run(model: str, data: Path, out: Path, fmt: str, dtype: str, tissue
 
     formats = tuple(f.strip() for f in fmt.split(",") if f.strip())
     if not formats or set(formats) - set(FORMATS):
-        raise DomainSSLError(f"--format {fmt!r}: give tif, parquet or tif,parquet.")
+        raise DomainSSLError(
+            f"--format {fmt!r}: give some of {', '.join(FORMATS)}, comma-separated (e.g. tif,zarr)."
+        )
     if dtype not in ("float32", "float16"):
         raise DomainSSLError(f"--dtype must be float32 or float16, not {dtype!r}.")
     if tile is not None and tile < 1:

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import rasterio
 import torch
+import zarr
 from tqdm import tqdm
 
 from domainssl.embed.claims import Shard, heartbeat, release, try_claim
@@ -75,14 +76,16 @@ def outputs_of(item: Item, run: ArchiveRun) -> list[Path]:
 
 def count_on_disk(outputs: list[Path]) -> int:
     """Patches or tiles held by an item's finished outputs."""
-    first = outputs[0]
-    if first.suffix == ".h5":
-        with h5py.File(first, "r") as file:
+    kinds = {path.suffix: path for path in outputs}
+    if ".h5" in kinds:
+        with h5py.File(kinds[".h5"], "r") as file:
             return int(file["features"].shape[0])
-    if outputs[-1].suffix == ".parquet":
-        return int(pq.ParquetFile(outputs[-1]).metadata.num_rows)
-    with rasterio.open(first) as src:
-        return int(np.isfinite(src.read(1)).sum())
+    if ".parquet" in kinds:
+        return int(pq.ParquetFile(kinds[".parquet"]).metadata.num_rows)
+    if ".tif" in kinds:
+        with rasterio.open(kinds[".tif"]) as src:
+            return int(np.isfinite(src.read(1)).sum())
+    return int(np.isfinite(zarr.open_array(kinds[".zarr"] / "embedding", mode="r")[0]).sum())
 
 
 class ShardWorker:
@@ -131,7 +134,7 @@ class ShardWorker:
                         item.problem, [])  # fmt: skip
             return
         outputs = outputs_of(item, self.run)
-        if all(p.is_file() for p in outputs):  # done by an earlier run
+        if all(p.exists() for p in outputs):  # done by an earlier run (final names are complete)
             self.record(item, "skipped", count_on_disk(outputs), 0.0,
                         "already done (outputs present)", outputs)  # fmt: skip
             return
@@ -140,7 +143,7 @@ class ShardWorker:
             return  # another process is embedding it, and records it
         start = time.monotonic()
         try:
-            if all(p.is_file() for p in outputs):  # finished by the lock's previous holder
+            if all(p.exists() for p in outputs):  # finished by the lock's previous holder
                 return
             with heartbeat(lock):
                 count = self.embed(item)

@@ -1,6 +1,7 @@
 """One GeoTIFF scene -> ``<name>.tif``, a cloud-optimized embedding raster (one pixel per
 tile, D float32 bands, the scene's CRS and a scaled transform, NaN where the input had nothing
-to embed), and/or ``<name>.parquet``, the same cells as GeoParquet."""
+to embed), and/or ``<name>.parquet``, the same cells as GeoParquet, and/or ``<name>.zarr``,
+the same raster as a Zarr store."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from pathlib import Path
 from domainssl.embed.compute import Compute
 from domainssl.embed.geoparquet import write_geoparquet
 from domainssl.embed.manifest import WORK
+from domainssl.embed.zarr_store import write_zarr
 from domainssl.infer.geotiff.infer import infer_geotiff
 from domainssl.io import staged
 
-FORMATS = ("tif", "parquet")
+FORMATS = ("tif", "parquet", "zarr")
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class SceneSettings:
     """What is written per scene."""
 
     formats: tuple[str, ...]
-    """``tif`` and/or ``parquet``."""
+    """Some of ``FORMATS``."""
 
 
 def scene_outputs(out_dir: Path, name: str, settings: SceneSettings) -> list[Path]:
@@ -38,15 +40,18 @@ def embed_scene(source: Path, out_dir: Path, name: str, model_dir: Path,
     raster.parent.mkdir(parents=True, exist_ok=True)
     try:
         with staged(scene_outputs(out_dir, name, settings)) as temps:
+            temp = dict(zip([f for f in FORMATS if f in settings.formats], temps, strict=True))
             summary = infer_geotiff(
                 model_dir, source, raster, compute.tile, 0, compute.batch_size,
                 device=compute.device, num_workers=compute.num_workers, precision=compute.precision,
                 cog=True, picture=False,
             )  # fmt: skip
-            if "parquet" in settings.formats:
-                write_geoparquet(raster, temps[-1])
-            if "tif" in settings.formats:
-                os.replace(raster, temps[0])
+            if "parquet" in temp:
+                write_geoparquet(raster, temp["parquet"])
+            if "zarr" in temp:
+                write_zarr(raster, temp["zarr"])
+            if "tif" in temp:
+                os.replace(raster, temp["tif"])
     finally:
         raster.unlink(missing_ok=True)
     return summary.tiles_run

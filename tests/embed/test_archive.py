@@ -1,6 +1,6 @@
 """`domainssl embed` over archives: the h5 layout of slides, coords that point at the pixels
 that were embedded, GeoParquet that matches the embedding raster, the manifest, resume,
-concurrent processes, stale locks and failed items."""
+concurrent processes, stale locks and failed items, and Zarr stores GDAL opens."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import pytest
 import rasterio
 import shapely
 import torch
+import zarr
 from fixtures import write_infer_models, write_scene, write_slide
 from typer.testing import CliRunner
 
@@ -29,6 +30,7 @@ from domainssl.cli import app
 from domainssl.data.pathology import SlideGrid, read_patch
 from domainssl.embed.claims import Shard, local_device_index, try_claim
 from domainssl.export import load_backbone, preprocess
+from domainssl.io import staged
 
 BOXES = [(256, 256, 768, 640), (1280, 896, 1792, 1280)]
 MPP, SLIDE_MPP, TILE = 0.5, 0.25, 32
@@ -227,6 +229,59 @@ def test_scene_geoparquet_has_valid_geo_metadata_and_the_raster_footprints(
     assert column["bbox"] == pytest.approx(list(frame.total_bounds))
     counted = duckdb.sql(f"select count(*) from '{tmp_path / 'out/scene.parquet'}'")
     assert counted is not None and counted.fetchall() == [(len(frame),)]
+
+
+def test_scene_zarr_opens_in_gdal_with_the_raster_crs_transform_and_values(
+    model: Path, tmp_path: Path
+) -> None:
+    write_scene(tmp_path / "data" / "scene.tif", bands=3, height=600, width=544, nodata_rows=100)
+    code, output = embed(model, tmp_path / "data", tmp_path / "out", "--format", "tif,zarr")
+    assert code == 0, output
+    store = tmp_path / "out/scene.zarr"
+    assert not (tmp_path / "out/scene.parquet").exists() and (store / ".zmetadata").is_file()
+    gdal_name = f'ZARR:"{store}":/embedding'
+    with rasterio.open(tmp_path / "out/scene.tif") as raster, rasterio.open(gdal_name) as opened:
+        values, transform, crs = raster.read(), raster.transform, raster.crs
+        assert opened.crs == crs and opened.transform == transform
+        np.testing.assert_array_equal(opened.read(), values)  # NaN where nothing was embedded
+    assert np.isnan(values[:, : 100 // TILE]).all()
+    embedding = zarr.open_array(store / "embedding", mode="r")
+    assert embedding.attrs["_ARRAY_DIMENSIONS"] == ["band", "y", "x"]
+    assert embedding.attrs["grid_mapping"] == "spatial_ref"
+    grid_mapping = zarr.open_array(store / "spatial_ref", mode="r")
+    assert rasterio.crs.CRS.from_wkt(str(grid_mapping.attrs["crs_wkt"])) == crs
+    height, width = values.shape[1:]
+    x, y = (np.asarray(zarr.open_array(store / axis, mode="r")[:]) for axis in "xy")
+    np.testing.assert_allclose(x, [(transform * (c + 0.5, 0))[0] for c in range(width)])
+    np.testing.assert_allclose(y, [(transform * (0, r + 0.5))[1] for r in range(height)])
+
+
+def test_a_rerun_counts_a_finished_zarr_store_and_leaves_it_untouched(
+    model: Path, tmp_path: Path
+) -> None:
+    write_scene(tmp_path / "data" / "scene.tif", bands=3, height=600, width=544)
+    assert embed(model, tmp_path / "data", tmp_path / "out", "--format", "zarr")[0] == 0
+    store = tmp_path / "out/scene.zarr"
+    written = (store / "embedding" / ".zarray").stat().st_mtime_ns
+    cells = int(np.isfinite(zarr.open_array(store / "embedding", mode="r")[0]).sum())
+    code, output = embed(model, tmp_path / "data", tmp_path / "out", "--format", "zarr")
+    assert code == 0 and "0 embedded, 0 failed, 1 skipped" in output, output
+    assert (store / "embedding" / ".zarray").stat().st_mtime_ns == written
+    assert int(manifest(tmp_path / "out")["scene.tif"]["patches"]) == cells > 0
+    parts = (tmp_path / "out/.embed/parts").glob("*.csv")
+    skipped = [r for p in parts for r in csv.DictReader(p.open()) if r["status"] == "skipped"]
+    assert [int(r["patches"]) for r in skipped] == [cells]  # counted from the store
+
+
+def test_a_failed_block_removes_a_temporary_folder_and_keeps_the_final_name_free(
+    tmp_path: Path,
+) -> None:
+    final = tmp_path / "scene.zarr"
+    with pytest.raises(RuntimeError), staged([final]) as temps:
+        temps[0].unlink()
+        (temps[0] / "embedding").mkdir(parents=True)  # a half-written store
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_shards_and_devices_come_from_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
