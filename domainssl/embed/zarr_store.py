@@ -1,7 +1,9 @@
 """An embedding raster as a Zarr store that xarray (with rioxarray) and GDAL open: array
 ``embedding`` (band, y, x; float32, NaN where nothing was embedded), the cell-centre
 coordinates ``x`` and ``y``, the ``band`` numbers, and a CF grid mapping ``spatial_ref``
-(CRS WKT and GDAL geotransform) that ``embedding`` names, plus GDAL's own ``_CRS``.
+(CRS WKT and GDAL geotransform) that ``embedding`` names as its coordinate, plus GDAL's own
+``_CRS``. Checked once with xarray 2026.9 and rioxarray 0.19 (not dependencies): the CRS, the
+transform and the values came back as the GeoTIFF's.
 
 The store is Zarr format 2 with consolidated metadata: GDAL 3.10, the one in rasterio's
 wheels, cannot read the codecs zarr-python 3 writes in format 3. It is written one row of
@@ -31,7 +33,7 @@ def chunk_side(bands: int) -> int:
 
 
 def _coordinate(group: zarr.Group, name: str, values: np.ndarray) -> None:
-    array = group.create_array(name, shape=values.shape, dtype=values.dtype)
+    array = group.create_array(name, shape=values.shape, dtype=values.dtype, fill_value=None)
     array[:] = values
     array.attrs["_ARRAY_DIMENSIONS"] = [name]
 
@@ -60,9 +62,10 @@ def write_zarr(raster: Path, out: Path) -> None:
     _coordinate(group, "band", np.arange(1, bands + 1, dtype=np.int32))
     if crs is not None:
         wkt = crs.to_wkt()
-        grid = group.create_array("spatial_ref", shape=(), dtype="int32")
+        grid = group.create_array("spatial_ref", shape=(), dtype="int32", fill_value=None)
         grid.attrs.update(_ARRAY_DIMENSIONS=[], crs_wkt=wkt, spatial_ref=wkt,
                           GeoTransform=" ".join(str(v) for v in transform.to_gdal()))  # fmt: skip
-        attributes.update(grid_mapping="spatial_ref", _CRS={"wkt": wkt})
+        # a coordinate of ``embedding`` (as rioxarray writes it), so a DataArray keeps its CRS
+        attributes.update(grid_mapping="spatial_ref", coordinates="spatial_ref", _CRS={"wkt": wkt})
     embedding.attrs.update(attributes)
     zarr.consolidate_metadata(str(out))

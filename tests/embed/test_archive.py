@@ -247,8 +247,9 @@ def test_scene_zarr_opens_in_gdal_with_the_raster_crs_transform_and_values(
     assert np.isnan(values[:, : 100 // TILE]).all()
     embedding = zarr.open_array(store / "embedding", mode="r")
     assert embedding.attrs["_ARRAY_DIMENSIONS"] == ["band", "y", "x"]
-    assert embedding.attrs["grid_mapping"] == "spatial_ref"
+    assert embedding.attrs["grid_mapping"] == embedding.attrs["coordinates"] == "spatial_ref"
     grid_mapping = zarr.open_array(store / "spatial_ref", mode="r")
+    assert grid_mapping.metadata.fill_value is None  # else xarray masks it into a float NaN
     assert rasterio.crs.CRS.from_wkt(str(grid_mapping.attrs["crs_wkt"])) == crs
     height, width = values.shape[1:]
     x, y = (np.asarray(zarr.open_array(store / axis, mode="r")[:]) for axis in "xy")
