@@ -19,7 +19,7 @@ from domainssl.data.pathology import (
     open_slide_grids,
     read_patch,
 )
-from domainssl.data.tissue import saturation, tissue_mask
+from domainssl.data.tissue import close_then_open, saturation, tissue_mask
 from domainssl.errors import DomainSSLError
 
 # level 0 at 0.25 µm/px; a 1024 x 512 px tissue block = 256 x 128 µm
@@ -31,6 +31,29 @@ def test_tissue_mask_finds_known_area() -> None:
     image[50:150, 100:250] = TISSUE_RGB
     mask = tissue_mask(image)
     assert abs(int(mask.sum()) - 100 * 150) / (100 * 150) < 0.05
+
+
+def test_saturation_matches_the_hsv_formula_in_float() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    image[:3] = 0  # black: max 0
+    image[3:6] = 255  # white
+    values = image.astype(np.float64)
+    high, low = values.max(axis=2), values.min(axis=2)
+    expected = np.where(high > 0, (high - low) / np.maximum(high, 1), 0.0)
+    result = saturation(image)
+    assert result.dtype == np.float32
+    np.testing.assert_allclose(result, expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("share", [0.1, 0.5, 0.9])
+def test_close_then_open_equals_scipy_with_the_background_border(share: float) -> None:
+    from scipy import ndimage
+    from skimage.morphology import disk
+
+    mask = np.random.default_rng(1).random((61, 47)) < share  # dense: the border matters
+    expected = ndimage.binary_opening(ndimage.binary_closing(mask, disk(2)), disk(1))
+    np.testing.assert_array_equal(close_then_open(mask), expected)
 
 
 def test_blank_slide_has_no_tissue() -> None:
