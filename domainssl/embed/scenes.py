@@ -26,10 +26,15 @@ class SceneSettings:
     formats: tuple[str, ...]
     """Some of ``FORMATS``."""
 
+    @property
+    def chosen(self) -> list[str]:
+        """The chosen formats, in ``FORMATS`` order (the order of the outputs)."""
+        return [suffix for suffix in FORMATS if suffix in self.formats]
+
 
 def scene_outputs(out_dir: Path, name: str, settings: SceneSettings) -> list[Path]:
     """The files one scene's embedding consists of, in ``FORMATS`` order."""
-    return [out_dir / f"{name}.{suffix}" for suffix in FORMATS if suffix in settings.formats]
+    return [out_dir / f"{name}.{suffix}" for suffix in settings.chosen]
 
 
 def embed_scene(source: Path, out_dir: Path, name: str, model_dir: Path,
@@ -40,7 +45,7 @@ def embed_scene(source: Path, out_dir: Path, name: str, model_dir: Path,
     raster.parent.mkdir(parents=True, exist_ok=True)
     try:
         with staged(scene_outputs(out_dir, name, settings)) as temps:
-            temp = dict(zip([f for f in FORMATS if f in settings.formats], temps, strict=True))
+            temp = dict(zip(settings.chosen, temps, strict=True))
             summary = infer_geotiff(
                 model_dir, source, raster, compute.tile, 0, compute.batch_size,
                 device=compute.device, num_workers=compute.num_workers, precision=compute.precision,
