@@ -168,7 +168,7 @@ def write_infer_models(root: Path, classes: int = 3) -> dict[str, Path]:
 
     from domainssl.export import BackboneMeta, export_backbone
     from domainssl.models.backbones import create_backbone
-    from domainssl.transfer.classification.finetune import Classifier
+    from domainssl.transfer.classification.model import Classifier
     from domainssl.transfer.segmentation.model import build_segmenter
 
     meta = BackboneMeta(

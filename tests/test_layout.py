@@ -10,6 +10,8 @@ the progress display and the look of reports).
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import domainssl
@@ -116,3 +118,34 @@ def test_no_module_imports_a_layer_above_its_own() -> None:
         if layer_of(target) > layer_of(source)
     ]
     assert upward == []
+
+
+RUN_ONLY_MODULES = [
+    "domainssl.commands.embed",
+    "domainssl.commands.infer",
+    "domainssl.embed.archive",
+    "domainssl.embed.chips",
+    "domainssl.embed.claims",
+    "domainssl.embed.compute",
+    "domainssl.embed.encoder",
+    "domainssl.embed.items",
+    "domainssl.embed.manifest",
+    "domainssl.embed.scenes",
+    "domainssl.embed.slides",
+    "domainssl.infer.geotiff.infer",
+    "domainssl.infer.wsi.infer",
+    "domainssl.models.parallel",
+]
+"""What `domainssl embed` and `domainssl infer` load, also inside their functions."""
+
+
+def test_embed_and_infer_load_without_the_training_libraries() -> None:
+    """The commands that only run a model start without Lightning and scikit-learn (about
+    2 s of imports on 2 cores): a model loader that pulls in training code fails this."""
+    script = (
+        f"import importlib, sys; [importlib.import_module(m) for m in {RUN_ONLY_MODULES!r}]; "
+        "print(' '.join(m for m in ('lightning', 'sklearn') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True)  # fmt: skip
+    assert result.stdout.split() == []

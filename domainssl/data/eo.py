@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from domainssl.data.folder import Sample, list_images, to_tensor
 from domainssl.data.imageio import PIL_SUFFIXES, RGB_NAMES, band_names_of, check_dtype
-from domainssl.data.samplers import draw_generator
+from domainssl.data.seeds import draw_generator
 from domainssl.errors import DomainSSLError
 
 MAX_DRAWS = 200  # a scene 90% nodata still yields a window with odds 1 - 0.9**200

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from domainssl.data.folder import Sample
-from domainssl.data.samplers import draw_generator
+from domainssl.data.seeds import draw_generator
 from domainssl.data.tissue import cell_fractions, tissue_mask
 from domainssl.errors import DomainSSLError, SkippedInputsWarning
 from domainssl.io import atomic_write_text

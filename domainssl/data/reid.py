@@ -34,7 +34,8 @@ from scipy.io import loadmat
 from scipy.io.matlab import MatReadError
 from torch.utils.data import Dataset, Sampler
 
-from domainssl.data.samplers import EpochSampler, Shard, first_epoch, stream_seed
+from domainssl.data.samplers import EpochSampler, Shard, first_epoch
+from domainssl.data.seeds import stream_seed
 from domainssl.errors import DomainSSLError
 from domainssl.views.modality import person_resize
 

@@ -13,14 +13,10 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-
-def stream_seed(*keys: int) -> int:
-    """A 32-bit seed that is a pure function of ``keys`` (e.g. seed, epoch, rank)."""
-    return int(np.random.SeedSequence([k % 2**63 for k in keys]).generate_state(1)[0])
+from domainssl.data.seeds import stream_seed
 
 
 @dataclass(frozen=True)
@@ -113,8 +109,3 @@ class DrawSampler(EpochSampler[int]):
     def items(self, epoch: int) -> list[int]:
         first = epoch * self.per_epoch + self.shard.rank * len(self)
         return list(range(first, first + len(self)))
-
-
-def draw_generator(seed: int, key: int) -> torch.Generator:
-    """The generator a dataset of random draws uses for draw ``key``."""
-    return torch.Generator().manual_seed(stream_seed(seed, key))

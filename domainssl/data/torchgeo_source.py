@@ -24,7 +24,7 @@ from domainssl.config import DataConfig
 from domainssl.data.eo import MAX_DRAWS, SceneWindows
 from domainssl.data.folder import Sample, resize
 from domainssl.data.imageio import band_names_of
-from domainssl.data.samplers import draw_generator
+from domainssl.data.seeds import draw_generator
 from domainssl.errors import DomainSSLError
 
 if TYPE_CHECKING:

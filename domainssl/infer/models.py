@@ -14,11 +14,9 @@ from torch import nn
 from domainssl.errors import DomainSSLError
 from domainssl.export import METADATA, WEIGHTS, BackboneMeta, load_backbone, read_meta
 from domainssl.models.inference import for_inference
-from domainssl.transfer.classification.finetune import Classifier
-from domainssl.transfer.classification.transfer import load_classifier
+from domainssl.transfer.classification.model import Classifier, load_classifier
 from domainssl.transfer.outputs import MODEL_METADATA
-from domainssl.transfer.segmentation.model import Segmenter
-from domainssl.transfer.segmentation.transfer import load_segmenter
+from domainssl.transfer.segmentation.model import Segmenter, load_segmenter
 
 Task = Literal["segment", "classify", "embed"]
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from domainssl.cli import app
 from domainssl.embed.items import is_archive
 from domainssl.export import preprocess, read_meta
-from domainssl.transfer.classification.transfer import load_classifier
+from domainssl.transfer.classification.model import load_classifier
 
 runner = CliRunner()
 

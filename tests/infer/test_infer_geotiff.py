@@ -22,8 +22,8 @@ from domainssl.infer.geotiff import streaming
 from domainssl.infer.geotiff.infer import infer_geotiff
 from domainssl.infer.tiles import blend_weights
 from domainssl.models.inference import for_inference
-from domainssl.transfer.classification.transfer import load_classifier
-from domainssl.transfer.segmentation.transfer import load_segmenter
+from domainssl.transfer.classification.model import load_classifier
+from domainssl.transfer.segmentation.model import load_segmenter
 
 CLASSES = 3
 

@@ -27,8 +27,8 @@ from domainssl.infer.wsi import heatmap
 from domainssl.infer.wsi import infer as wsi
 from domainssl.infer.wsi.heatmap import CELL, PALETTE
 from domainssl.infer.wsi.infer import infer_slide, is_slide_source
-from domainssl.transfer.classification.transfer import load_classifier
-from domainssl.transfer.segmentation.transfer import load_segmenter
+from domainssl.transfer.classification.model import load_classifier
+from domainssl.transfer.segmentation.model import load_segmenter
 
 BOXES = [(256, 256, 1024, 768), (1280, 896, 1792, 1280)]  # tissue, level-0 px
 SLIDE_MPP, MPP, TILE = 0.25, 0.5, 32

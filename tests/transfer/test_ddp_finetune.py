@@ -17,7 +17,8 @@ from test_transfer import exported_run
 from torch import nn
 
 from domainssl.data.labeled import load_labeled
-from domainssl.transfer.classification.finetune import Classifier, FinetuneConfig, finetune
+from domainssl.transfer.classification.finetune import FinetuneConfig, finetune
+from domainssl.transfer.classification.model import Classifier
 from domainssl.transfer.segmentation.model import build_segmenter
 from domainssl.transfer.segmentation.training import SegmentTrainConfig, fit_segmenter
 

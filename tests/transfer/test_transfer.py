@@ -19,9 +19,10 @@ from domainssl.models.backbones import create_backbone, first_conv_key
 from domainssl.models.knn import KNNHead
 from domainssl.transfer.classification.finetune import FinetuneConfig, config_for_init
 from domainssl.transfer.classification.metrics import score
+from domainssl.transfer.classification.model import load_classifier
 from domainssl.transfer.classification.probe import ProbeSplit, fit_linear_head
-from domainssl.transfer.classification.transfer import embed, load_classifier
-from domainssl.transfer.segmentation.transfer import load_segmenter
+from domainssl.transfer.classification.transfer import embed
+from domainssl.transfer.segmentation.model import load_segmenter
 
 runner = CliRunner()
 

@@ -7,7 +7,8 @@ from fixtures import write_chip_folder
 from torch import nn
 
 from domainssl.data.labeled import load_labeled
-from domainssl.transfer.classification.finetune import Classifier, FinetuneConfig, finetune
+from domainssl.transfer.classification.finetune import FinetuneConfig, finetune
+from domainssl.transfer.classification.model import Classifier
 from domainssl.transfer.warmup import WarmupEnd
 
 

@@ -14,8 +14,8 @@ from torch import nn
 
 from domainssl.data.labeled import LabeledSet
 from domainssl.data.samplers import Shard
-from domainssl.models.knn import KNNHead
 from domainssl.transfer.classification.metrics import score
+from domainssl.transfer.classification.model import Classifier
 from domainssl.transfer.processes import (
     rank_zero_value,
     replicate,
@@ -54,25 +54,6 @@ def config_for_init(config: FinetuneConfig, baseline: str) -> FinetuneConfig:
     if baseline != "random":
         return config
     return replace(config, backbone_lr_scale=1.0, frozen_warmup=0.0)
-
-
-class Classifier(nn.Module):
-    """Backbone + head on preprocessed images: what ``domainssl infer`` runs."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module, multilabel: bool) -> None:
-        super().__init__()
-        self.backbone, self.head, self.multilabel = backbone, head, multilabel
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K) of a linear head; vote shares of a k-NN head."""
-        return self.head(self.backbone(images))
-
-    def scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (B, K): softmax, or per-class sigmoid for multi-label."""
-        outputs = self(images)
-        if isinstance(self.head, KNNHead):
-            return outputs
-        return outputs.sigmoid() if self.multilabel else outputs.softmax(dim=1)
 
 
 def flip_rotate(images: torch.Tensor) -> torch.Tensor:

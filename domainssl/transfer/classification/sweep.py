@@ -19,13 +19,9 @@ from torch import nn
 from domainssl.data.labeled import LabeledSet, ProbeSplit, load_labeled, stratify_key
 from domainssl.export import backbone_for, load_backbone, preprocess
 from domainssl.models.knn import KNNHead
-from domainssl.transfer.classification.finetune import (
-    Classifier,
-    config_for_init,
-    finetune,
-    predict,
-)
+from domainssl.transfer.classification.finetune import config_for_init, finetune, predict
 from domainssl.transfer.classification.metrics import score
+from domainssl.transfer.classification.model import Classifier
 from domainssl.transfer.classification.probe import fit_linear_head
 from domainssl.transfer.classification.transfer import ClassifySettings, embed
 from domainssl.transfer.label_efficiency import (

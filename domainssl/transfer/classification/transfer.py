@@ -17,16 +17,16 @@ from domainssl.export import BackboneMeta, backbone_for, load_backbone, preproce
 from domainssl.io import atomic_write_text
 from domainssl.models.knn import KNNHead
 from domainssl.transfer.classification.finetune import (
-    Classifier,
     FinetuneConfig,
     config_for_init,
     finetune,
     predict,
 )
 from domainssl.transfer.classification.metrics import classification_metrics, score
+from domainssl.transfer.classification.model import Classifier
 from domainssl.transfer.classification.probe import fit_linear_head
 from domainssl.transfer.classification.report import save_confusion_png, write_classify_report
-from domainssl.transfer.outputs import read_transfer_output, save_transfer_model
+from domainssl.transfer.outputs import save_transfer_model
 
 
 @dataclass
@@ -131,20 +131,3 @@ def write_outputs(
     if "confusion_matrix" in metrics:
         save_confusion_png(metrics["confusion_matrix"], data.classes, out_dir / "confusion.png")
     write_classify_report(out_dir / "report.md", metrics, data, run_dir, data_path)
-
-
-def load_classifier(model_dir: Path) -> tuple[Classifier, BackboneMeta, dict[str, Any]]:
-    """A transfer output folder as (model in eval mode, backbone metadata, model.json)."""
-    info, meta, state = read_transfer_output(model_dir, "domainssl transfer")
-    backbone = backbone_for(meta)
-    classes = len(info["classes"])
-    head: nn.Module
-    if info["head"]["kind"] == "knn":
-        bank, votes = state["head.bank"], state["head.votes"]
-        targets = votes if info["multilabel"] else votes.argmax(1)
-        head = KNNHead(bank, targets, classes, info["head"]["k"], info["head"]["temperature"])
-    else:
-        head = nn.Linear(meta.feature_dim, classes)
-    model = Classifier(backbone, head, info["multilabel"])
-    model.load_state_dict(state)
-    return model.eval(), meta, info

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from domainssl.data.reid import IdentityBalancedSampler, PersonImage, PersonImages
-from domainssl.data.samplers import Shard, stream_seed
+from domainssl.data.samplers import Shard
+from domainssl.data.seeds import stream_seed
 from domainssl.export import BackboneMeta, preprocess
 from domainssl.losses.weighted_triplet import WeightedRegularizedTriplet
 from domainssl.transfer.processes import rank_zero_value, replicate, worker_device

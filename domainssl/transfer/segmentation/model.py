@@ -4,6 +4,9 @@ encoder through a simple feature pyramid built from its last block (ViTDet, Li e
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import timm
 import torch
 import torch.nn.functional as F
@@ -13,6 +16,7 @@ from torch import nn
 from domainssl.errors import DomainSSLError
 from domainssl.export import BackboneMeta, backbone_for
 from domainssl.models.backbones import is_vit
+from domainssl.transfer.outputs import read_transfer_output
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -133,3 +137,11 @@ def build_segmenter(
     feature_info = encoder.feature_info
     assert isinstance(feature_info, FeatureInfo)  # every features_only timm model has one
     return Segmenter(encoder, feature_info.channels(), num_classes, decoder_width)
+
+
+def load_segmenter(model_dir: Path) -> tuple[Segmenter, BackboneMeta, dict[str, Any]]:
+    """A segmentation transfer folder as (model in eval mode, backbone metadata, model.json)."""
+    info, meta, state = read_transfer_output(model_dir, "domainssl transfer --task segment")
+    model = build_segmenter(meta, info["num_classes"], None)
+    model.load_state_dict(state)
+    return model.eval(), meta, info

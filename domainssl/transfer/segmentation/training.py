@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from domainssl.data.samplers import Shard, stream_seed
+from domainssl.data.samplers import Shard
+from domainssl.data.seeds import stream_seed
 from domainssl.export import BackboneMeta, preprocess
 from domainssl.transfer.processes import (
     global_sum,

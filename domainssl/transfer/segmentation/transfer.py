@@ -11,12 +11,12 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file
 
-from domainssl.export import WEIGHTS, BackboneMeta, read_meta
+from domainssl.export import WEIGHTS, read_meta
 from domainssl.io import atomic_write_text
 from domainssl.reports import markdown_table, write_report
-from domainssl.transfer.outputs import read_transfer_output, save_transfer_model
+from domainssl.transfer.outputs import save_transfer_model
 from domainssl.transfer.segmentation.data import SegmentationData, load_segmentation_data
-from domainssl.transfer.segmentation.model import Segmenter, build_segmenter
+from domainssl.transfer.segmentation.model import build_segmenter
 from domainssl.transfer.segmentation.overlays import save_overlays
 from domainssl.transfer.segmentation.training import (
     SegmentTrainConfig,
@@ -80,14 +80,6 @@ def transfer_segment(
     )  # fmt: skip
     _write_report(out_dir / "report.md", metrics, run_dir, data_path, overlays, out_dir)
     return metrics
-
-
-def load_segmenter(model_dir: Path) -> tuple[Segmenter, BackboneMeta, dict[str, Any]]:
-    """A segmentation transfer folder as (model in eval mode, backbone metadata, model.json)."""
-    info, meta, state = read_transfer_output(model_dir, "domainssl transfer --task segment")
-    model = build_segmenter(meta, info["num_classes"], None)
-    model.load_state_dict(state)
-    return model.eval(), meta, info
 
 
 def _mean(values: list[float | None]) -> float | None:
