@@ -5,7 +5,9 @@
    same model, batch, patches and threads, on the shared slides; both in float32 and in
    bfloat16 autocast (``--precision bf16-mixed``), with how far the bf16 features are from
    the float32 ones; the model alone, eager, prepared, and prepared then compiled
-   (TorchScript, inductor);
+   (TorchScript, inductor); and from these the most any float32 loop on this model can gain
+   over the naive one (the naive loop's time over the model's own time), with the model's
+   FLOP rate next to the machine's float32 matrix-multiply rate;
 2. memory: peak RSS of `domainssl embed` on 1 vs 10 copies of a slide, and on the slide vs
    one 12x its area (the slide tiled 4 x 3 into a pyramidal TIFF), without and with reader
    processes, in 3 rounds;
@@ -34,6 +36,7 @@ import openslide
 import tifffile
 import torch
 import torch._inductor.config as inductor_config
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from report import write_section
@@ -156,6 +159,51 @@ def ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
+def matmul_gflops(device: str) -> float:
+    """The machine's float32 rate (GFLOP/s): the best of 5 products of two 4096 x 4096
+    matrices."""
+    a, b = torch.randn(4096, 4096, device=device), torch.randn(4096, 4096, device=device)
+    best = float("inf")
+    for _ in range(6):  # the first one warms up
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * 4096**3 / best / 1e9
+
+
+def model_gflop(model: Path, device: str) -> float:
+    """GFLOP of the encoder per patch, as torch's FLOP counter counts them."""
+    backbone = load_backbone(model)[0].eval().to(device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        backbone(torch.zeros(BATCH, 3, SIZE, SIZE, device=device))
+    return counter.get_total_flops() / BATCH / 1e9
+
+
+def ceiling_lines(
+    alone: dict[tuple[str, str], float], naive_s: float, patches: int, gflop: float, rate: float
+) -> list[str]:
+    """The most a float32 loop on this model can gain over the naive loop: the naive loop's
+    seconds over the model's own seconds for the same patches (eager, and the fastest
+    network), and how close the eager model runs to the machine's float32 rate."""
+    eager = alone["eager", "32-true"]
+    fastest = min(("eager", "prepared", "prepared, TorchScript", "prepared, inductor"),
+                  key=lambda name: alone[name, "32-true"])  # fmt: skip
+    fast = alone[fastest, "32-true"]
+    return [
+        f"The float32 ceiling: the eager model alone needs {patches * eager / 1000:.1f} s for "
+        f"the {patches} patches, of the naive loop's {naive_s:.1f} s (median). With reading, "
+        "tissue detection and writing costing nothing, a float32 loop on this model would be "
+        f"at most **{naive_s / (patches * eager / 1000):.2f}x** faster than the naive loop; "
+        f"with the fastest network of the table ({fastest}, {fast:.1f} ms/patch) at most "
+        f"**{naive_s / (patches * fast / 1000):.2f}x**. The eager model computes {gflop:.2f} "
+        f"GFLOP per patch, {gflop / eager * 1000:.0f} GFLOP/s: "
+        f"{100 * gflop / eager * 1000 / rate:.0f}% of this machine's float32 matrix-multiply "
+        f"rate ({rate:.0f} GFLOP/s, 4096 x 4096).",
+    ]
+
+
 def synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -240,6 +288,8 @@ def main() -> None:
     error_median, error_max = bf16_error(h5_files["32-true"], h5_files["bf16-mixed"])
     manifest = (work / "ours-32-true-0-0" / "manifest.csv").read_text()
     alone = model_alone(model, cmu, args.device)
+    gflop, rate = model_gflop(model, args.device), matmul_gflops(args.device)
+    ceiling = ceiling_lines(alone, float(np.median(naive["32-true"])), ours_patches, gflop, rate)
     speed = [
         *speed_lines(loops, naive, ours_patches, error_median, error_max),
         "",
@@ -256,6 +306,8 @@ def main() -> None:
         f"Inductor compiled for {alone['compile', '32-true']:.0f} s (float32) and "
         f"{alone['compile', 'bf16-mixed']:.0f} s (bf16) before its first batch; TorchScript "
         "has no bf16 entry (traced in float32, autocast does not reach inside).",
+        "",
+        *ceiling,
     ]
     header = [
         f"## Archive embedding of slides (`domainssl embed`), {describe(args.device)}, "
