@@ -48,6 +48,31 @@ PRECISION_HELP = (
 )
 
 
+def check_tiling(
+    *,
+    tile: int | None,
+    batch_size: int | None,
+    num_workers: int | None,
+    mpp: float | None,
+    slide_mpp: float | None,
+    tissue_threshold: float,
+) -> None:
+    """One clear error for a tiling option of ``infer`` / ``embed`` nothing can run with."""
+    if tile is not None and tile < 1:
+        raise DomainSSLError(f"--tile must be a positive number of pixels, not {tile}.")
+    if batch_size is not None and batch_size < 1:
+        raise DomainSSLError(f"--batch-size must be at least 1, not {batch_size}.")
+    if num_workers is not None and num_workers < 0:
+        raise DomainSSLError(f"--num-workers must be 0 or more, not {num_workers}.")
+    for name, value in (("--mpp", mpp), ("--slide-mpp", slide_mpp)):
+        if value is not None and not value > 0:
+            raise DomainSSLError(f"{name} must be a positive µm/px (e.g. 0.5), not {value}.")
+    if not 0 <= tissue_threshold <= 1:
+        raise DomainSSLError(
+            f"--tissue-threshold is a share of the patch, from 0 to 1, not {tissue_threshold}."
+        )
+
+
 def inference_precision(precision: str, device: str) -> str:
     """``precision`` of ``infer`` / ``embed``, checked; a note when ``device`` ignores it."""
     from domainssl.infer.runner import check_precision

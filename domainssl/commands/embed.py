@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from domainssl.commands.common import PRECISION_HELP, inference_precision, pick_device, user_errors
+from domainssl.commands.common import (
+    PRECISION_HELP,
+    check_tiling,
+    inference_precision,
+    pick_device,
+    user_errors,
+)
 from domainssl.errors import DomainSSLError
 
 CPU_READERS = 0
@@ -97,6 +103,10 @@ def embed(
     if not is_archive(data):
         _embed_chips(model, data, out, map_png, device, precision, tile)
         return
+    if out.exists() and not out.is_dir():
+        raise DomainSSLError(f"--out {out} is a file: give a folder (it is made if missing).")
+    check_tiling(tile=tile, batch_size=batch_size, num_workers=num_workers, mpp=mpp,
+                 slide_mpp=slide_mpp, tissue_threshold=tissue_threshold)  # fmt: skip
     run = _archive_run(
         model, data, out, fmt, dtype, tissue_geojson, mpp, slide_mpp, tissue_threshold, tile,
         batch_size or (64 if device == "cuda" else 16),
@@ -136,8 +146,6 @@ def _archive_run(model: str, data: Path, out: Path, fmt: str, dtype: str, tissue
         )
     if dtype not in ("float32", "float16"):
         raise DomainSSLError(f"--dtype must be float32 or float16, not {dtype!r}.")
-    if tile is not None and tile < 1:
-        raise DomainSSLError(f"--tile must be a positive number of pixels, not {tile}.")
     return ArchiveRun(
         model, data, out, Shard.parse(shard) if shard else Shard.from_environment(),
         Compute(tile, batch_size, num_workers, device, precision),

@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from domainssl.commands.common import PRECISION_HELP, inference_precision, pick_device, user_errors
+from domainssl.commands.common import (
+    PRECISION_HELP,
+    check_tiling,
+    inference_precision,
+    pick_device,
+    user_errors,
+)
 from domainssl.errors import DomainSSLError
 
 CPU_BATCH = 4
@@ -70,6 +76,8 @@ def infer(
     inference_precision(precision, device)
     if device == "cuda" or devices < 1:
         require_devices(devices)
+    check_tiling(tile=tile, batch_size=batch_size, num_workers=num_workers, mpp=mpp,
+                 slide_mpp=slide_mpp, tissue_threshold=tissue_threshold)  # fmt: skip
     batch_size = batch_size or (16 if device == "cuda" else CPU_BATCH)
     slide = is_slide_source(source)
     if slide and (overlap or probabilities or cog or resume or devices > 1):

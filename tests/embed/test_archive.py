@@ -140,6 +140,36 @@ def test_an_unknown_precision_is_exit_2_naming_the_choices(
     assert not (tmp_path / "manifest.csv").exists()
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("--mpp", "-1", "--mpp must be a positive"),
+        ("--slide-mpp", "0", "--slide-mpp must be a positive"),
+        ("--tissue-threshold", "1.5", "from 0 to 1"),
+        ("--batch-size", "0", "--batch-size must be at least 1"),
+        ("--num-workers", "-1", "--num-workers must be 0 or more"),
+    ],
+)
+def test_an_impossible_option_is_exit_2_naming_it_before_any_item(
+    model: Path, slides: Path, tmp_path: Path, option: str, value: str, named: str
+) -> None:
+    more = [] if option == "--mpp" else ["--mpp", str(MPP)]
+    args = ["embed", str(model), "--data", str(slides), "--out", str(tmp_path / "out"),
+            "--accelerator", "cpu", *more, option, value]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and named in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_an_out_path_that_is_a_file_is_exit_2_asking_for_a_folder(
+    model: Path, slides: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "out").write_text("keep me")
+    code, output = embed(model, slides, tmp_path / "out")
+    assert code == 2 and "is a file: give a folder" in output and "Traceback" not in output
+    assert (tmp_path / "out").read_text() == "keep me"
+
+
 def test_identical_slides_give_identical_features(
     model: Path, slides: Path, tmp_path: Path
 ) -> None:

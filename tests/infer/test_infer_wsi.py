@@ -335,3 +335,27 @@ def test_infer_cli_sends_a_slide_to_the_heatmap_and_refuses_geotiff_only_options
     )
     refused = CliRunner().invoke(app, [*args, *options, "--probabilities"])
     assert refused.exit_code == 2 and "apply to GeoTIFFs only" in refused.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("--tile", "0", "--tile must be a positive"),
+        ("--batch-size", "0", "--batch-size must be at least 1"),
+        ("--num-workers", "-1", "--num-workers must be 0 or more"),
+        ("--slide-mpp", "0", "--slide-mpp must be a positive"),
+        ("--tissue-threshold", "2", "from 0 to 1"),
+    ],
+)
+def test_infer_cli_refuses_an_impossible_tiling_option_with_exit_2_and_writes_nothing(
+    models: dict, slide: Path, tmp_path: Path, option: str, value: str, named: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from domainssl.cli import app
+
+    args = ["infer", str(models["classify"]), str(slide), "--out", str(tmp_path / "h.tif"),
+            "--accelerator", "cpu", option, value]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and named in result.output, result.output
+    assert "Traceback" not in result.output and not list(tmp_path.iterdir())
