@@ -49,6 +49,8 @@ from domainssl.models.inference import for_inference
 MPP, SIZE, BATCH = 0.5, 224, 16
 READERS = ("--num-workers", "2")
 PRECISIONS: dict[str, torch.dtype | None] = {"32-true": None, "bf16-mixed": torch.bfloat16}
+NETWORKS = ("eager", "prepared", "prepared, TorchScript", "prepared, inductor")
+"""The model-alone table's rows."""
 
 
 def make_encoder(folder: Path) -> Path:
@@ -189,8 +191,7 @@ def ceiling_lines(
     `domainssl embed` runs, and the fastest network), and how close the prepared network
     runs to the machine's float32 rate."""
     prepared = alone["prepared", "32-true"]
-    fastest = min(("eager", "prepared", "prepared, TorchScript", "prepared, inductor"),
-                  key=lambda name: alone[name, "32-true"])  # fmt: skip
+    fastest = min(NETWORKS, key=lambda name: alone[name, "32-true"])
     fast = alone[fastest, "32-true"]
     return [
         f"The float32 ceiling: the prepared network alone needs {patches * prepared / 1000:.1f} "
@@ -301,7 +302,7 @@ def main() -> None:
         "|---|---|---|",
         *[
             f"| {name} | {alone[name, '32-true']:.1f} | {ms(alone.get((name, 'bf16-mixed')))} |"
-            for name in ("eager", "prepared", "prepared, TorchScript", "prepared, inductor")
+            for name in NETWORKS
         ],
         "",
         f"Inductor compiled for {alone['compile', '32-true']:.0f} s (float32) and "
